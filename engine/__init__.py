@@ -1,0 +1,1 @@
+"""Everything that is not HTTP: tasks, models, checkpoints, search, runtime, training, evaluation."""

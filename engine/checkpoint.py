@@ -1,0 +1,234 @@
+"""Checkpoints: a directory of `model.safetensors` (tensors only, never pickle) + `config.json` (+ `CARD.md`).
+
+Also converts checkpoints written by the official TRM trainer (`torch.save`d state dicts of the compiled,
+loss-wrapped model, TRM.md §2) with `engine-convert`. Only the converter ever calls `torch.load`, and always
+with `weights_only=True`; the service loads safetensors only.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from engine.models import TRM, TRMConfig
+from engine.tasks import TASKS, get_task
+
+WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "CARD.md"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file, field or tensor at fault."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model: TRM
+    task: str
+    meta: dict  # the rest of config.json: training summary, conversion source, ...
+    path: Path | None = None
+
+    @property
+    def config(self) -> TRMConfig:
+        return self.model.config
+
+
+# -- save / load ----------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | os.PathLike, model: TRM, task: str, meta: dict | None = None, card: str | None = None) -> Path:
+    """Write a checkpoint directory atomically: build it beside `path`, then swap it in with renames."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = path.with_name(f".{path.name}.tmp-{os.getpid()}"), path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
+    config = {"format_version": FORMAT_VERSION, "arch": "trm", "task": task, "model": model.config.to_dict(), **(meta or {})}
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    if card is not None:
+        (tmp / CARD).write_text(card)
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise CheckpointError(f"{path} is not a checkpoint directory: {CONFIG} is missing")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / CONFIG} is not valid JSON: {e}") from None
+    for field in ("arch", "task", "model"):
+        if field not in config:
+            raise CheckpointError(f"{path / CONFIG} has no {field!r} field")
+    if config["arch"] != "trm":
+        raise CheckpointError(f"{path / CONFIG}: arch {config['arch']!r} is not supported (known: 'trm')")
+    if config["task"] not in TASKS:
+        raise CheckpointError(f"{path / CONFIG}: unknown task {config['task']!r} (known: {', '.join(sorted(TASKS))})")
+    return config
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", forward_dtype: str = "auto") -> Checkpoint:
+    """Load and validate a checkpoint directory.
+
+    `forward_dtype` "auto" keeps the checkpoint's compute dtype (bf16) on accelerators and uses float32 on CPU, where
+    bf16 matmuls without native support run ~15x slower (benchmarks/RESULTS.md). Any explicit dtype is honoured."""
+    path = Path(path)
+    config = read_config(path)
+    if forward_dtype == "auto":
+        forward_dtype = "float32" if torch.device(device).type == "cpu" else config["model"].get("forward_dtype", "bfloat16")
+    try:
+        model_config = dataclasses.replace(TRMConfig.from_dict(config["model"]), forward_dtype=forward_dtype)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / CONFIG}: bad model config: {e}") from None
+    if not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"{path} has no {WEIGHTS}")
+    model = TRM(model_config)
+    load_weights(model, load_file(path / WEIGHTS), source=str(path / WEIGHTS))
+    meta = {k: v for k, v in config.items() if k not in ("arch", "task", "model")}
+    return Checkpoint(model.to(device).eval(), config["task"], meta, path)
+
+
+def load_weights(model: TRM, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Check names, shapes and dtypes against the model, naming the first offending tensor, then load."""
+    expected = model.state_dict()
+    for name, t in expected.items():
+        if name not in tensors:
+            raise CheckpointError(f"{source} is missing tensor {name!r} (expected shape {list(t.shape)})")
+    for name, t in tensors.items():
+        if name not in expected:
+            raise CheckpointError(f"{source} has unexpected tensor {name!r} {list(t.shape)}: the config describes no such weight")
+        if t.shape != expected[name].shape:
+            raise CheckpointError(
+                f"tensor {name!r} in {source} has shape {list(t.shape)}, but the config implies {list(expected[name].shape)}")
+        if not t.is_floating_point():
+            raise CheckpointError(f"tensor {name!r} in {source} has dtype {t.dtype}; expected a floating-point tensor")
+    model.load_state_dict(tensors)
+
+
+# -- official TRM checkpoints ---------------------------------------------------------------------------------------
+
+# Official name -> ours, applied after the `_orig_mod.` / `model.` / `inner.` prefixes are stripped.
+_RENAMES = [
+    (r"^L_level\.layers\.", "layers."),
+    (r"^embed_tokens\.embedding_weight$", "embed_tokens.weight"),
+    (r"^embed_pos\.embedding_weight$", "embed_pos"),
+    (r"^puzzle_emb\.weights$", "puzzle_emb"),
+]
+_PREFIX = re.compile(r"^(_orig_mod\.)?(model\.)?(inner\.)?")
+
+
+def rename_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, t in state_dict.items():
+        name = _PREFIX.sub("", key)
+        for pattern, repl in _RENAMES:
+            name = re.sub(pattern, repl, name)
+        out[name] = t
+    return out
+
+
+def infer_config(tensors: dict[str, torch.Tensor], arch: dict, task: str) -> TRMConfig:
+    """Architecture from the official `arch` settings, filling what they lack from tensor shapes and the task."""
+    hidden = tensors["embed_tokens.weight"].shape[1]
+    mlp_t = any(".mlp_t." in k for k in tensors)
+    cfg = dict(
+        vocab_size=tensors["embed_tokens.weight"].shape[0],
+        hidden_size=hidden,
+        L_layers=len({k.split(".")[1] for k in tensors if k.startswith("layers.")}),
+        mlp_t=mlp_t,
+        pos_encodings="learned" if "embed_pos" in tensors else ("none" if mlp_t else "rope"),
+        puzzle_emb_len=16,
+        L_cycles=6 if task == "sudoku" else 4,  # the paper's n per task (TRM.md §10.1)
+    )
+    if "puzzle_emb" in tensors:
+        cfg["num_puzzle_identifiers"], cfg["puzzle_emb_ndim"] = tensors["puzzle_emb"].shape
+    else:
+        cfg["puzzle_emb_ndim"] = cfg["puzzle_emb_len"] = 0
+    fields = {f.name for f in dataclasses.fields(TRMConfig)}
+    cfg.update({k: v for k, v in arch.items() if k in fields})
+    if "seq_len" not in arch:
+        prefix = cfg["puzzle_emb_len"] or -(cfg["puzzle_emb_ndim"] // -cfg["hidden_size"])
+        if mlp_t:
+            cfg["seq_len"] = tensors["layers.0.mlp_t.down_proj.weight"].shape[0] - prefix
+        elif "embed_pos" in tensors:
+            cfg["seq_len"] = tensors["embed_pos"].shape[0] - prefix
+        else:
+            cfg["seq_len"] = get_task(task).seq_len
+    return TRMConfig(**cfg)
+
+
+def _guess_task(arch_file: dict, vocab_size: int) -> str:
+    data = " ".join(map(str, arch_file.get("data_paths") or [arch_file.get("data_path", "")])).lower()
+    for name in ("sudoku", "maze", "arc"):
+        if name in data:
+            return name
+    by_vocab = {11: "sudoku", 6: "maze", 12: "arc"}
+    if vocab_size not in by_vocab:
+        raise CheckpointError(f"cannot tell the task of a vocabulary of {vocab_size} tokens; pass --task")
+    return by_vocab[vocab_size]
+
+
+def load_official(src: str | os.PathLike, task: str | None = None, overrides: dict | None = None) -> tuple[TRM, str, dict]:
+    """An official `step_N` file (+ the `all_config.yaml` beside it, if any) -> (model, task, source info)."""
+    src = Path(src)
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{src} does not hold a state dict of tensors")
+    tensors = rename_official(state)
+    if "embed_tokens.weight" not in tensors:
+        raise CheckpointError(f"{src} has no token embedding ('...inner.embed_tokens.embedding_weight'): not a TRM checkpoint")
+    yaml_path = src.parent / "all_config.yaml"
+    full = yaml.safe_load(yaml_path.read_text()) if yaml_path.is_file() else {}
+    arch = {**(full.get("arch") or {}), **(overrides or {})}
+    task = task or _guess_task(full, tensors["embed_tokens.weight"].shape[0])
+    try:
+        model = TRM(infer_config(tensors, arch, task))
+    except ValueError as e:
+        raise CheckpointError(f"{src}: {e}") from None
+    load_weights(model, tensors, source=str(src))
+    source = {"converted_from": src.name, "official_config": str(yaml_path.name) if full else None}
+    return model.eval(), task, source
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="engine-convert", description="Convert an official TRM step_N checkpoint into a checkpoint directory.")
+    p.add_argument("src", help="official checkpoint file (e.g. step_65100); all_config.yaml beside it is read if present")
+    p.add_argument("dst", help="output checkpoint directory")
+    p.add_argument("--task", choices=sorted(TASKS), help="puzzle task (default: from all_config.yaml or the vocabulary)")
+    p.add_argument("--seq-len", type=int, help="sequence length without the puzzle prefix")
+    p.add_argument("--num-heads", type=int)
+    p.add_argument("--expansion", type=float)
+    p.add_argument("--H-cycles", type=int, dest="H_cycles", help="T")
+    p.add_argument("--L-cycles", type=int, dest="L_cycles", help="n")
+    p.add_argument("--pos-encodings", choices=["rope", "learned", "none"])
+    p.add_argument("--puzzle-emb-len", type=int)
+    p.add_argument("--halt-max-steps", type=int)
+    args = p.parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k not in ("src", "dst", "task") and v is not None}
+    try:
+        model, task, source = load_official(args.src, args.task, flags)
+    except CheckpointError as e:
+        raise SystemExit(f"engine-convert: {e}")
+    out = save_checkpoint(args.dst, model, task, meta={"source": source})
+    n = sum(p.numel() for name, p in model.named_parameters() if name != "puzzle_emb")
+    print(f"wrote {out} ({task}, {n:,} parameters, T={model.config.H_cycles}, n={model.config.L_cycles}, "
+          f"{'mlp_t' if model.config.mlp_t else 'attention'}, pos={model.config.pos_encodings})")

@@ -1,0 +1,95 @@
+"""TRM architecture config (field names follow the official `arch` section, TRM.md §1.1) and named presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+POS_ENCODINGS = ("rope", "learned", "none")
+FORWARD_DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass(frozen=True, slots=True)
+class TRMConfig:
+    seq_len: int
+    vocab_size: int
+    num_puzzle_identifiers: int = 1
+    puzzle_emb_ndim: int = 512  # 0: no puzzle vector (then puzzle_emb_len must be 0 too)
+    puzzle_emb_len: int = 16  # prefix slots; 0 means ceil(puzzle_emb_ndim / hidden_size)
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    L_layers: int = 2
+    H_cycles: int = 3  # T: latent-recursion cycles per supervision step
+    L_cycles: int = 6  # n: latent updates per cycle
+    pos_encodings: str = "rope"
+    mlp_t: bool = False  # token-mixing MLP instead of attention (the Sudoku "TRM-MLP")
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    halt_max_steps: int = 16  # N_sup supervision steps
+    halt_exploration_prob: float = 0.1
+    forward_dtype: str = "bfloat16"
+
+    def __post_init__(self):
+        _require(self.pos_encodings in POS_ENCODINGS, f"pos_encodings must be one of {POS_ENCODINGS}, got {self.pos_encodings!r}")
+        _require(self.forward_dtype in FORWARD_DTYPES, f"forward_dtype must be one of {FORWARD_DTYPES}, got {self.forward_dtype!r}")
+        _require(self.hidden_size % self.num_heads == 0, "hidden_size must be divisible by num_heads")
+        _require(self.pos_encodings != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head_dim")
+        for name in ("seq_len", "vocab_size", "num_puzzle_identifiers", "L_layers", "H_cycles", "L_cycles", "halt_max_steps"):
+            _require(getattr(self, name) >= 1, f"{name} must be at least 1")
+        if self.puzzle_emb_ndim == 0:
+            # The official code would silently slice 16 grid cells off the output in this case.
+            _require(self.puzzle_emb_len == 0, "puzzle_emb_len must be 0 when puzzle_emb_ndim is 0")
+        else:
+            _require(self.puzzle_emb_ndim <= self.prefix_len * self.hidden_size, "puzzle_emb_ndim does not fit the prefix")
+
+    @property
+    def prefix_len(self) -> int:
+        if self.puzzle_emb_len == 0:
+            return -(self.puzzle_emb_ndim // -self.hidden_size)
+        return self.puzzle_emb_len
+
+    @property
+    def total_len(self) -> int:
+        return self.seq_len + self.prefix_len
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TRMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TRM config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+_PAPER = dict(hidden_size=512, num_heads=8, expansion=4.0, L_layers=2, H_cycles=3, halt_max_steps=16)
+
+# Paper configurations (TRM.md §10.1) plus a tiny one for tests and CPU experiments.
+PRESETS: dict[str, dict] = {
+    "sudoku-mlp": dict(_PAPER, seq_len=81, vocab_size=11, L_cycles=6, mlp_t=True, pos_encodings="none"),
+    "sudoku-attn": dict(_PAPER, seq_len=81, vocab_size=11, L_cycles=6, pos_encodings="rope"),
+    "maze-attn": dict(_PAPER, seq_len=900, vocab_size=6, L_cycles=4, pos_encodings="rope"),
+    "arc-attn": dict(_PAPER, seq_len=900, vocab_size=12, L_cycles=4, pos_encodings="rope"),
+    "sudoku-tiny": dict(seq_len=81, vocab_size=11, hidden_size=64, num_heads=2, expansion=2.0, puzzle_emb_ndim=64,
+                        puzzle_emb_len=2, H_cycles=2, L_cycles=2, halt_max_steps=4, mlp_t=True, pos_encodings="none"),
+}
+
+PRESET_TASKS = {"sudoku-mlp": "sudoku", "sudoku-attn": "sudoku", "maze-attn": "maze", "arc-attn": "arc",
+                "sudoku-tiny": "sudoku"}
+
+
+def preset(name: str, **overrides) -> TRMConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return TRMConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,106 @@
+"""The Tiny Recursive Model (arXiv:2510.04871) as the official code computes it (TRM.md §1, §3).
+
+One network f (`layers`, 2 blocks) is applied recursively to two states carried across supervision steps:
+z_H (the answer state y) and z_L (the latent z). One call of `step` is one supervision step:
+T-1 cycles without grad, then one with grad; each cycle is n updates z_L = f(z_L + (z_H + x)), then z_H = f(z_H + z_L).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models.config import TRMConfig
+from engine.models.layers import Block, Linear, RotaryEmbedding, trunc_normal_
+
+
+@dataclass
+class Carry:
+    z_H: torch.Tensor  # [B, total_len, hidden], forward dtype
+    z_L: torch.Tensor
+
+
+class TRM(nn.Module):
+    def __init__(self, config: TRMConfig):
+        super().__init__()
+        self.config = c = config
+        self.dtype = getattr(torch, c.forward_dtype)
+        self.embed_scale = c.hidden_size**0.5
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        trunc_normal_(self.embed_tokens.weight, std=1 / self.embed_scale)
+        if c.puzzle_emb_ndim > 0:
+            # Zero-initialised, one row per puzzle identifier (a buffer in the official code, never EMA-averaged).
+            self.puzzle_emb = nn.Parameter(torch.zeros(c.num_puzzle_identifiers, c.puzzle_emb_ndim))
+        if c.pos_encodings == "learned":
+            self.embed_pos = nn.Parameter(trunc_normal_(torch.empty(c.total_len, c.hidden_size), std=1 / self.embed_scale))
+        self.rope = RotaryEmbedding(c.head_dim, c.total_len, c.rope_theta) if c.pos_encodings == "rope" else None
+        self.layers = nn.ModuleList(Block(c) for _ in range(c.L_layers))
+        self.lm_head = Linear(c.hidden_size, c.vocab_size)
+        self.q_head = Linear(c.hidden_size, 2, bias=True)  # (halt, continue) logits read from prefix slot 0
+        with torch.no_grad():  # Q starts near "never halt" so early training is not cut short
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5)
+        # Fixed random initial states: never trained, but part of the checkpoint.
+        self.register_buffer("H_init", trunc_normal_(torch.empty(c.hidden_size), std=1).to(self.dtype))
+        self.register_buffer("L_init", trunc_normal_(torch.empty(c.hidden_size), std=1).to(self.dtype))
+
+    # -- carry ------------------------------------------------------------------------------------------------------
+
+    def initial_carry(self, batch_size: int) -> Carry:
+        shape = (batch_size, self.config.total_len, self.config.hidden_size)
+        return Carry(self.H_init.expand(shape).clone(), self.L_init.expand(shape).clone())
+
+    def reset(self, carry: Carry, mask: torch.Tensor) -> Carry:
+        """Rows where `mask` is set go back to the initial state; the others keep theirs."""
+        m = mask.view(-1, 1, 1)
+        return Carry(torch.where(m, self.H_init, carry.z_H), torch.where(m, self.L_init, carry.z_L))
+
+    # -- forward ----------------------------------------------------------------------------------------------------
+
+    def embed(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
+        """x: tokens plus the puzzle prefix (slot 0 = puzzle vector, other slots zero), scaled by sqrt(hidden)."""
+        c = self.config
+        x = F.embedding(inputs, self.embed_tokens.weight.to(self.dtype))
+        if c.puzzle_emb_ndim > 0:
+            p = self.puzzle_emb[puzzle_ids].to(self.dtype)
+            p = F.pad(p, (0, c.prefix_len * c.hidden_size - c.puzzle_emb_ndim))
+            x = torch.cat((p.view(-1, c.prefix_len, c.hidden_size), x), dim=-2)
+        if c.pos_encodings == "learned":
+            x = 0.707106781 * (x + self.embed_pos.to(self.dtype))  # keeps the forward variance
+        return self.embed_scale * x
+
+    def net(self, h: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+        """f(h + injection): the shared 2-block network."""
+        h = h + injection
+        for layer in self.layers:
+            h = layer(h, self.rope)
+        return h
+
+    def step(self, carry: Carry, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> tuple[Carry, torch.Tensor, torch.Tensor]:
+        """One supervision step. Returns the detached new carry, logits [B, seq_len, vocab] and q [B, 2] (fp32)."""
+        c = self.config
+        x = self.embed(inputs, puzzle_ids)
+        z_H, z_L = carry.z_H, carry.z_L
+        with torch.no_grad():
+            for _ in range(c.H_cycles - 1):
+                for _ in range(c.L_cycles):
+                    z_L = self.net(z_L, z_H + x)  # z_H + x first: the official bf16 summation order
+                z_H = self.net(z_H, z_L)
+        for _ in range(c.L_cycles):
+            z_L = self.net(z_L, z_H + x)
+        z_H = self.net(z_H, z_L)
+        logits = self.lm_head(z_H)[:, c.prefix_len:]
+        q = self.q_head(z_H[:, 0]).float()
+        return Carry(z_H.detach(), z_L.detach()), logits, q
+
+    @torch.no_grad()
+    def rollout(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic TRM inference: `steps` supervision steps (default all N_sup) from the initial state.
+
+        Returns the final step's logits and q logits, as the official evaluation does (TRM.md §9)."""
+        carry = self.initial_carry(inputs.shape[0])
+        for _ in range(steps or self.config.halt_max_steps):
+            carry, logits, q = self.step(carry, inputs, puzzle_ids)
+        return logits, q

@@ -1,0 +1,50 @@
+"""What every puzzle task provides: a codec (text or nested lists <-> tokens), a rule verifier, clear errors."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+PAD = 0  # token 0 pads batch rows in every task (TRM.md §6)
+
+
+class PuzzleError(ValueError):
+    """Malformed puzzle input. The message names the row, cell or character at fault."""
+
+
+class Task(ABC):
+    name: str
+    seq_len: int
+    vocab_size: int
+    has_rule_verifier: bool = True  # False where `check` can only judge well-formedness (ARC)
+
+    @abstractmethod
+    def encode(self, puzzle: str | list) -> np.ndarray:
+        """A puzzle as text or nested lists -> int64 tokens [seq_len]. Raises PuzzleError."""
+
+    def encode_answer(self, answer: str | list) -> np.ndarray:
+        """A full answer (a label) -> tokens. Tasks whose answers use symbols puzzles may not hold override this."""
+        return self.encode(answer)
+
+    @abstractmethod
+    def decode(self, tokens: np.ndarray) -> list:
+        """Tokens (e.g. a model's argmax) -> nested lists, the task's grid form."""
+
+    @abstractmethod
+    def to_text(self, tokens: np.ndarray) -> str:
+        """Tokens -> the task's canonical text form (what `encode` accepts)."""
+
+    def render(self, tokens: np.ndarray) -> str:
+        """Tokens -> a human-friendly multi-line picture for terminals."""
+        return self.to_text(tokens)
+
+    @abstractmethod
+    def check(self, puzzle: np.ndarray, answer: np.ndarray) -> str | None:
+        """The first rule the answer breaks (as a sentence), or None when it is a valid answer to the puzzle."""
+
+    def verify(self, puzzle: np.ndarray, answer: np.ndarray) -> bool:
+        return self.check(puzzle, answer) is None
+
+    def verify_batch(self, puzzles: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        """[B, seq_len] token arrays -> bool[B]. Tasks with a vectorised check override this."""
+        return np.array([self.verify(p, a) for p, a in zip(puzzles, answers)], dtype=bool)

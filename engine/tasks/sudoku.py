@@ -1,0 +1,142 @@
+"""9x9 Sudoku: codec, rule checks and a vectorised batch verifier. Exact search lives in `sudoku_solver`.
+
+Tokens follow the official TRM encoding (TRM.md §6.1): PAD=0, blank=1, digit d -> d+1 (tokens 2-10).
+"""
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+
+from engine.tasks.base import PuzzleError, Task
+
+BLANK = 1
+FULL = 0x1FF  # bits 0-8 set: every digit 1-9 present once
+
+
+def _digits(tokens: np.ndarray) -> np.ndarray:
+    """Tokens [81] -> 9x9 int64 digits, 0 wherever the token is not a digit (PAD, blank, out of range)."""
+    t = np.asarray(tokens, dtype=np.int64).reshape(9, 9)
+    return np.where((t >= 2) & (t <= 10), t - 1, 0)
+
+
+def _box_cells(box: int) -> list[tuple[int, int]]:
+    r0, c0 = box // 3 * 3, box % 3 * 3
+    return [(r0 + i // 3, c0 + i % 3) for i in range(9)]
+
+
+def _first_duplicate(grid: np.ndarray) -> str | None:
+    """The first row, column or box (in that order) holding a digit twice, as a sentence; 0s are ignored."""
+    for r in range(9):
+        seen: dict[int, int] = {}
+        for c in range(9):
+            d = int(grid[r, c])
+            if d and d in seen:
+                return f"row {r + 1} has two {d}s (columns {seen[d] + 1} and {c + 1})"
+            seen[d] = c
+    for c in range(9):
+        seen = {}
+        for r in range(9):
+            d = int(grid[r, c])
+            if d and d in seen:
+                return f"column {c + 1} has two {d}s (rows {seen[d] + 1} and {r + 1})"
+            seen[d] = r
+    for b in range(9):
+        cells: dict[int, tuple[int, int]] = {}
+        for r, c in _box_cells(b):
+            d = int(grid[r, c])
+            if d and d in cells:
+                (r0, c0), (br, bc) = cells[d], (b // 3 * 3, b % 3 * 3)
+                return (f"box {b + 1} (rows {br + 1}-{br + 3}, columns {bc + 1}-{bc + 3}) has two {d}s "
+                        f"(row {r0 + 1}, column {c0 + 1} and row {r + 1}, column {c + 1})")
+            cells[d] = (r, c)
+    return None
+
+
+def _parse_text(text: str) -> np.ndarray:
+    cells = "".join(text.split())  # whitespace anywhere is layout, so a 9-line grid works too
+    if len(cells) != 81:
+        raise PuzzleError(f"expected 81 cells, got {len(cells)}")
+    grid = np.zeros((9, 9), dtype=np.int64)
+    for i, ch in enumerate(cells):
+        if ch in "123456789":
+            grid[i // 9, i % 9] = int(ch)
+        elif ch not in ".0":
+            raise PuzzleError(f"row {i // 9 + 1}, column {i % 9 + 1}: unexpected character {ch!r} "
+                              "(use 1-9 for givens, '.' or '0' for blanks)")
+    return grid
+
+
+def _parse_rows(rows: list | tuple) -> np.ndarray:
+    if len(rows) != 9:
+        raise PuzzleError(f"expected 9 rows, got {len(rows)}")
+    grid = np.zeros((9, 9), dtype=np.int64)
+    for r, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)):
+            raise PuzzleError(f"row {r + 1}: expected a list of 9 digits, got {type(row).__name__}")
+        if len(row) != 9:
+            raise PuzzleError(f"row {r + 1} has {len(row)} cells, expected 9")
+        for c, v in enumerate(row):
+            # bool is an Integral, but True as a digit is almost certainly a caller's mistake
+            if isinstance(v, bool) or not isinstance(v, Integral) or not 0 <= v <= 9:
+                raise PuzzleError(f"row {r + 1}, column {c + 1}: {v!r} is not a digit 0-9")
+            grid[r, c] = int(v)
+    return grid
+
+
+class Sudoku(Task):
+    name = "sudoku"
+    seq_len = 81
+    vocab_size = 11
+
+    def encode(self, puzzle: str | list) -> np.ndarray:
+        """81 chars ('.' or '0' blank, whitespace ignored) or 9x9 nested ints (0 blank) -> tokens [81]."""
+        if isinstance(puzzle, str):
+            grid = _parse_text(puzzle)
+        elif isinstance(puzzle, (list, tuple)):
+            grid = _parse_rows(puzzle)
+        else:
+            raise PuzzleError(f"expected an 81-character string or a 9x9 nested list, got {type(puzzle).__name__}")
+        fault = _first_duplicate(grid)
+        if fault:
+            raise PuzzleError(fault)
+        return (grid.reshape(81) + 1).astype(np.int64)
+
+    def decode(self, tokens: np.ndarray) -> list:
+        return _digits(tokens).tolist()
+
+    def to_text(self, tokens: np.ndarray) -> str:
+        return "".join(str(d) if d else "." for d in _digits(tokens).reshape(81))
+
+    def render(self, tokens: np.ndarray) -> str:
+        text = self.to_text(tokens)
+        lines = []
+        for r in range(9):
+            if r in (3, 6):
+                lines.append("------+-------+------")
+            row = text[r * 9:(r + 1) * 9]
+            lines.append(" | ".join(" ".join(row[s:s + 3]) for s in (0, 3, 6)))
+        return "\n".join(lines)
+
+    def check(self, puzzle: np.ndarray, answer: np.ndarray) -> str | None:
+        given = _digits(puzzle)
+        tokens = np.asarray(answer, dtype=np.int64).reshape(9, 9)
+        for r, c in np.argwhere((tokens < 2) | (tokens > 10)):
+            t = int(tokens[r, c])
+            what = "is blank" if t in (0, BLANK) else f"holds {t}, which is not a Sudoku token"
+            return f"row {r + 1}, column {c + 1} {what}"
+        grid = tokens - 1
+        for r, c in np.argwhere((given > 0) & (grid != given)):
+            return f"row {r + 1}, column {c + 1} changes the given {given[r, c]} to {grid[r, c]}"
+        return _first_duplicate(grid)
+
+    def verify_batch(self, puzzles: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        p = np.asarray(puzzles, dtype=np.int64).reshape(-1, 9, 9)
+        a = np.asarray(answers, dtype=np.int64).reshape(-1, 9, 9)
+        digit_ok = ((a >= 2) & (a <= 10)).all(axis=(1, 2))
+        givens_ok = ((p < 2) | (p == a)).all(axis=(1, 2))
+        bits = np.left_shift(1, np.clip(a - 2, 0, 8))  # one bit per digit; OR over a unit is FULL iff a permutation
+        boxes = bits.reshape(-1, 3, 3, 3, 3).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 9)
+        rows_ok, cols_ok, boxes_ok = ((np.bitwise_or.reduce(g, axis=2) == FULL).all(axis=1)
+                                      for g in (bits, bits.transpose(0, 2, 1), boxes))
+        return digit_ok & givens_ok & rows_ok & cols_ok & boxes_ok
