@@ -19,10 +19,11 @@ from engine.machine import describe
 from engine.tasks import PuzzleError, Task, get_task
 
 
-def read_lines(path: str | Path, limit: int | None = None) -> list[str]:
-    """Non-comment lines of a puzzle or solution file, newline stripped (spaces kept: they are maze cells)."""
+def read_lines(path: str | Path, limit: int | None = None, comment_prefix: str | None = "#") -> list[str]:
+    """Non-empty, non-comment lines of a puzzle or solution file, newline stripped (spaces kept: they are maze cells)."""
     with open(path) as f:
-        lines = [line.rstrip("\r\n") for line in f if not line.startswith("#") and line.strip("\r\n")]
+        lines = [line.rstrip("\r\n") for line in f
+                 if line.strip("\r\n") and not (comment_prefix and line.startswith(comment_prefix))]
     return lines[:limit]
 
 
@@ -78,10 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointError as e:
         raise SystemExit(f"engine-eval: {e}")
     task = get_task(ckpt.task)
-    puzzles = encode_all(task, read_lines(args.puzzles, args.limit), args.puzzles)
+    puzzles = encode_all(task, read_lines(args.puzzles, args.limit, task.comment_prefix), args.puzzles)
     solutions = None
     if args.solutions:
-        solutions = encode_all(task, read_lines(args.solutions, args.limit), args.solutions, answers=True)
+        solutions = encode_all(task, read_lines(args.solutions, args.limit, task.comment_prefix), args.solutions, answers=True)
         if len(solutions) != len(puzzles):
             raise SystemExit(f"engine-eval: {len(puzzles)} puzzles but {len(solutions)} solutions")
 

@@ -17,6 +17,7 @@ class Task(ABC):
     seq_len: int
     vocab_size: int
     has_rule_verifier: bool = True  # False where `check` can only judge well-formedness (ARC)
+    comment_prefix: str | None = "#"  # puzzle files skip lines starting with it; None where '#' is a cell (maze)
 
     @abstractmethod
     def encode(self, puzzle: str | list) -> np.ndarray:

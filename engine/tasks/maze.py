@@ -93,6 +93,7 @@ class Maze(Task):
     name = "maze"
     seq_len = SIDE * SIDE
     vocab_size = len(CHARSET) + 1
+    comment_prefix = None  # maze rows start with walls ("#")
 
     def encode(self, puzzle: str | list) -> np.ndarray:
         return _parse(puzzle, allow_path=False).reshape(-1)

@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI app, schemas, metrics, settings, `engine-serve` (the service issue fills this in)."""

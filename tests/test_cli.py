@@ -1,0 +1,76 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.eval import evaluate, main as eval_main, read_lines
+from engine.init import main as init_main
+from engine.solve import main as solve_main
+from engine.tasks import get_task
+from engine.tasks.sudoku_solver import solve
+
+PUZZLES = [  # small hand-made set; tests never read ../shared
+    "8..........36......7..9.2...5...7.......457.....1...3...1....68..85...1..9....4..",
+    "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79",
+    "..9748...7.........2.1.9.....7...24..64.1.59..98...3.....8.3.2.........6...2759..",
+]
+
+
+def test_init_then_solve_prints_the_grid_and_verdict(tmp_path, capsys):
+    init_main([str(tmp_path / "ck"), "--preset", "sudoku-tiny"])
+    assert "untrained sudoku-tiny" in capsys.readouterr().out
+    solve_main(["--checkpoint", str(tmp_path / "ck"), PUZZLES[1]])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 11 + 3 and out[3] == "------+-------+------"
+    assert out[11].startswith("verified: ") and out[12].startswith("confidence: ")
+    assert "steps: 4" in out[13] and "float32" in out[13]
+
+
+def test_solve_reports_bad_input_with_the_cell(tiny_checkpoint):
+    with pytest.raises(SystemExit, match=r"row 1, column 3: unexpected character 'x'"):
+        solve_main(["--checkpoint", str(tiny_checkpoint), "12x" + "." * 78])
+    with pytest.raises(SystemExit, match="is not a checkpoint directory"):
+        solve_main(["--checkpoint", str(tiny_checkpoint.parent), PUZZLES[0]])
+
+
+def test_eval_writes_json(tiny_checkpoint, tmp_path, capsys):
+    task = get_task("sudoku")
+    (tmp_path / "p.txt").write_text("# a comment line\n" + "\n".join(PUZZLES) + "\n")
+    (tmp_path / "s.sol").write_text("\n".join(task.to_text(solve(task.encode(p))) for p in PUZZLES) + "\n")
+    eval_main(["--checkpoint", str(tiny_checkpoint), "--puzzles", str(tmp_path / "p.txt"), "--solutions",
+               str(tmp_path / "s.sol"), "--limit", "2", "--steps", "2", "--json", str(tmp_path / "r.json")])
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["n"] == 2 and result["steps"] == 2 and result["rollouts"] == 1
+    assert 0 <= result["exact_accuracy"] <= result["cell_accuracy"] <= 1
+    assert "exact_accuracy" in capsys.readouterr().out
+
+
+def test_evaluate_scores_exact_and_verified():
+    task = get_task("sudoku")
+    puzzles = np.stack([task.encode(p) for p in PUZZLES])
+    solutions = np.stack([solve(p) for p in puzzles])
+    answers = solutions.copy()
+    answers[2, 0] = answers[2, 1]  # one wrong cell in the last answer
+    result = evaluate(task, puzzles, answers, np.array([3.0, -1.0, 2.0]), solutions)
+    assert result["n"] == 3
+    assert result["exact_accuracy"] == pytest.approx(2 / 3) and result["verified"] == pytest.approx(2 / 3)
+    assert result["cell_accuracy"] == pytest.approx(1 - 1 / 243)
+    assert result["q_halt_accuracy"] == pytest.approx(1 / 3)  # q >= 0 matches correctness only for row 0
+
+
+def test_read_lines_skips_comments_except_where_hash_is_a_cell(tmp_path):
+    (tmp_path / "f.txt").write_text("# source: somewhere\n S.\n\n#S #\n")
+    assert read_lines(tmp_path / "f.txt") == [" S."]
+    assert read_lines(tmp_path / "f.txt", comment_prefix=get_task("maze").comment_prefix) == ["# source: somewhere", " S.", "#S #"]
+
+
+def test_console_scripts_are_installed():
+    bin_dir = Path(sys.executable).parent
+    for script in ("engine-convert", "engine-eval", "engine-init", "engine-solve"):
+        path = shutil.which(script, path=str(bin_dir))
+        assert path, f"{script} is not installed next to {sys.executable}"
+        assert subprocess.run([path, "--help"], capture_output=True, timeout=120).returncode == 0
