@@ -90,7 +90,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     """Load and validate a checkpoint directory.
 
     `forward_dtype` "auto" keeps the checkpoint's compute dtype (bf16) on accelerators and uses float32 on CPU, where
-    bf16 matmuls without native support run ~15x slower (benchmarks/RESULTS.md). Any explicit dtype is honoured."""
+    bf16 matmuls without native support ran 8-23x slower (benchmarks/RESULTS.md). Any explicit dtype is honoured."""
     path = Path(path)
     config = read_config(path)
     if forward_dtype == "auto":
