@@ -12,6 +12,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,19 +47,20 @@ class Checkpoint:
 # -- save / load ----------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: str | os.PathLike, model: TRM, task: str, meta: dict | None = None, card: str | None = None) -> Path:
-    """Write a checkpoint directory atomically: build it beside `path`, then swap it in with renames."""
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh directory beside `path`; once the block succeeds, fsync its files and swap it in by renames,
+    so a reader (or a killed writer) never sees a half-written `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = path.with_name(f".{path.name}.tmp-{os.getpid()}"), path.with_name(f".{path.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
-    config = {"format_version": FORMAT_VERSION, "arch": "trm", "task": task, "model": model.config.to_dict(), **(meta or {})}
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    if card is not None:
-        (tmp / CARD).write_text(card)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -65,7 +68,18 @@ def save_checkpoint(path: str | os.PathLike, model: TRM, task: str, meta: dict |
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
-    return path
+
+
+def save_checkpoint(path: str | os.PathLike, model: TRM, task: str, meta: dict | None = None, card: str | None = None) -> Path:
+    """Write a checkpoint directory atomically."""
+    with atomic_directory(path) as tmp:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
+        config = {"format_version": FORMAT_VERSION, "arch": "trm", "task": task, "model": model.config.to_dict(), **(meta or {})}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if card is not None:
+            (tmp / CARD).write_text(card)
+    return Path(path)
 
 
 def read_config(path: str | os.PathLike) -> dict:

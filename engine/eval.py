@@ -39,10 +39,11 @@ def encode_all(task: Task, lines: list[str], path: str, answers: bool = False) -
 
 
 @torch.no_grad()
-def predict(model, inputs: np.ndarray, batch_size: int, steps: int | None, device: str) -> tuple[np.ndarray, np.ndarray]:
+def predict(model, inputs: np.ndarray, batch_size: int, steps: int | None, device: str,
+            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Final-step argmax answers [N, seq_len] and Q-halt logits [N]."""
     answers, q_halt = [], []
-    for start in tqdm(range(0, len(inputs), batch_size), desc="eval", unit="batch", leave=False):
+    for start in tqdm(range(0, len(inputs), batch_size), desc="eval", unit="batch", leave=False, disable=not progress):
         x = torch.as_tensor(inputs[start:start + batch_size], device=device)
         logits, q = model.rollout(x, torch.zeros(len(x), dtype=torch.long, device=device), steps)
         answers.append(logits.argmax(-1).cpu().numpy())

@@ -81,12 +81,15 @@ PRESETS: dict[str, dict] = {
     "sudoku-attn": dict(_PAPER, seq_len=81, vocab_size=11, L_cycles=6, pos_encodings="rope"),
     "maze-attn": dict(_PAPER, seq_len=900, vocab_size=6, L_cycles=4, pos_encodings="rope"),
     "arc-attn": dict(_PAPER, seq_len=900, vocab_size=12, L_cycles=4, pos_encodings="rope"),
+    # Sized for CPU training: one prefix slot and expansion 2 keep both SwiGLU inner sizes at 256.
+    "sudoku-small": dict(seq_len=81, vocab_size=11, hidden_size=128, num_heads=4, expansion=2.0, puzzle_emb_ndim=128,
+                         puzzle_emb_len=1, H_cycles=2, L_cycles=2, mlp_t=True, pos_encodings="none"),
     "sudoku-tiny": dict(seq_len=81, vocab_size=11, hidden_size=64, num_heads=2, expansion=2.0, puzzle_emb_ndim=64,
                         puzzle_emb_len=2, H_cycles=2, L_cycles=2, halt_max_steps=4, mlp_t=True, pos_encodings="none"),
 }
 
 PRESET_TASKS = {"sudoku-mlp": "sudoku", "sudoku-attn": "sudoku", "maze-attn": "maze", "arc-attn": "arc",
-                "sudoku-tiny": "sudoku"}
+                "sudoku-small": "sudoku", "sudoku-tiny": "sudoku"}
 
 
 def preset(name: str, **overrides) -> TRMConfig:

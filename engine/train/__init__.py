@@ -1,0 +1,1 @@
+"""engine-train: the TRM/GRAM training subpackage."""

@@ -1,0 +1,130 @@
+"""`engine-train`: train a TRM checkpoint (runs under torchrun for data-parallel training).
+
+    engine-train --preset cpu-small --puzzles P.txt --solutions P.sol --dev-size 2000 --out runs/sudoku
+    engine-train --out runs/sudoku --resume           # continue a killed run from its last save
+    torchrun --nproc_per_node 2 -m engine.train.cli --preset tiny --generate 2000 --out runs/ddp
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from engine.train.config import PRESETS, TrainConfig, train_preset
+from engine.train.data import download_sudoku_extreme, generate_puzzles, read_puzzle_files, read_sudoku_extreme_csv
+from engine.train.trainer import Dist, Trainer
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="engine-train", description="Train a TRM checkpoint with the paper's recipe.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--task", default="sudoku", choices=["sudoku"], help="puzzle task (Sudoku for now)")
+    p.add_argument("--arch", default="trm", choices=["trm"])
+    p.add_argument("--preset", default="cpu-small", choices=list(PRESETS), help="recipe and model size")
+    p.add_argument("--out", required=True, help="run directory: train_state/ (resumable), checkpoint/ (EMA weights), log.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state with its saved settings")
+    data = p.add_argument_group("data (sources are concatenated; the held-out split is the last --dev-size of the first)")
+    data.add_argument("--puzzles", help="file of 81-char puzzles ('.' blanks, '#' comments)")
+    data.add_argument("--solutions", help="parallel file of 81-digit solutions")
+    data.add_argument("--csv", help="Sudoku-Extreme CSV (source,question,answer,rating)")
+    data.add_argument("--hf", action="store_true", help="download Sudoku-Extreme train.csv from the Hugging Face hub")
+    data.add_argument("--generate", type=int, metavar="N", help="N puzzles from the built-in generator (unique solutions)")
+    data.add_argument("--clues", type=int, nargs=2, default=(22, 30), metavar=("MIN", "MAX"), help="clue range for --generate")
+    data.add_argument("--dev-size", type=int, default=2000, help="held-out puzzles taken from the end of the first source")
+    data.add_argument("--eval-puzzles", help="held-out puzzles file instead (with --eval-solutions)")
+    data.add_argument("--eval-solutions")
+    ov = p.add_argument_group("recipe overrides (ablations)")
+    ov.add_argument("--steps", type=int, help="optimizer steps")
+    ov.add_argument("--batch-size", type=int, dest="global_batch_size", help="global batch (rows of carries)")
+    ov.add_argument("--lr", type=float)
+    ov.add_argument("--warmup-steps", type=int)
+    ov.add_argument("--weight-decay", type=float)
+    ov.add_argument("--loss", choices=["stablemax", "softmax"])
+    ov.add_argument("--no-ema", dest="ema", action="store_false", default=None)
+    ov.add_argument("--H-cycles", type=int, help="T")
+    ov.add_argument("--L-cycles", type=int, help="n")
+    ov.add_argument("--eval-every", type=int)
+    ov.add_argument("--eval-limit", type=int)
+    ov.add_argument("--save-every", type=int)
+    ov.add_argument("--seed", type=int)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    state = Path(args.out) / "train_state" / "state.json"
+    if args.resume:
+        if not state.is_file():
+            raise SystemExit(f"engine-train: nothing to resume: {state} does not exist")
+        saved = json.loads(state.read_text())["config"]
+        saved["betas"] = tuple(saved["betas"])
+        return TrainConfig(**{**saved, "steps": args.steps or saved["steps"]})
+    if state.is_file():
+        raise SystemExit(f"engine-train: {args.out} already holds a run; pass --resume or choose another --out")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    model = {k: v for k, v in (("H_cycles", args.H_cycles), ("L_cycles", args.L_cycles)) if v is not None}
+    cfg = train_preset(args.preset, **overrides)
+    return dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, **model})
+
+
+def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    sources = []
+    if args.puzzles or args.solutions:
+        if not (args.puzzles and args.solutions):
+            raise SystemExit("engine-train: --puzzles and --solutions go together")
+        sources.append(read_puzzle_files(args.puzzles, args.solutions))
+    if args.csv:
+        sources.append(read_sudoku_extreme_csv(args.csv))
+    if args.hf:
+        sources.append(read_sudoku_extreme_csv(download_sudoku_extreme("train")))
+    if args.generate:
+        sources.append(generate_puzzles(args.generate, np.random.default_rng(seed), clues=tuple(args.clues)))
+    if not sources:
+        raise SystemExit("engine-train: no training data: give --puzzles/--solutions, --csv, --hf or --generate")
+    if args.eval_puzzles:
+        dev = read_puzzle_files(args.eval_puzzles, args.eval_solutions)
+    else:
+        first = sources[0]
+        if len(first[0]) <= args.dev_size:
+            raise SystemExit(f"engine-train: the first source has {len(first[0])} puzzles, not more than --dev-size {args.dev_size}")
+        dev = (first[0][-args.dev_size:], first[1][-args.dev_size:])
+        sources[0] = (first[0][:-args.dev_size], first[1][:-args.dev_size])
+    train = tuple(np.concatenate(parts) for parts in zip(*sources))
+    return train, dev
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device, ddp = args.device, Dist()
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # launched by torchrun
+        if device.startswith("cuda"):
+            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        ddp = Dist(dist.get_rank(), dist.get_world_size(), device)
+    cfg = build_config(args)
+    train, dev = load_data(args, cfg.seed)
+    trainer = Trainer(cfg, args.task, train, dev, args.out, device, ddp)
+    if args.resume:
+        trainer.resume()
+    if ddp.is_main:
+        print(f"engine-train: {len(train[0]):,} training puzzles, {len(dev[0]):,} held out; {cfg.model_preset} "
+              f"{dict(cfg.model_overrides)}; {cfg.steps} steps of {cfg.global_batch_size} rows on {ddp.world} x {device}"
+              + (f"; resumed at step {trainer.step}" if args.resume else ""))
+    summary = trainer.fit()
+    if ddp.is_main:
+        print(f"engine-train: done at step {summary['step']} in {summary['wall_seconds']:.0f} s; "
+              f"held-out exact accuracy {summary['last_eval']['exact_accuracy']:.4f}; checkpoint {Path(args.out) / 'checkpoint'}")
+    if ddp.world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Training configuration and named presets (TRM.md §8.5, §10.1)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    model_preset: str
+    model_overrides: dict = field(default_factory=dict)  # e.g. {"H_cycles": 2, "L_cycles": 2} for the T/n ablations
+    global_batch_size: int = 768
+    steps: int = 65_100  # optimizer steps (one ACT step on a batch of carries each)
+    lr: float = 1e-4
+    lr_min_ratio: float = 1.0  # 1.0: constant after warm-up, as the paper
+    warmup_steps: int = 2000
+    weight_decay: float = 1.0
+    puzzle_emb_lr: float = 1e-4
+    puzzle_emb_weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    ema: bool = True
+    ema_decay: float = 0.999
+    loss: str = "stablemax"  # or "softmax"
+    eval_every: int = 5000
+    eval_limit: int | None = None  # held-out puzzles per evaluation (None: all)
+    save_every: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.loss not in ("stablemax", "softmax"):
+            raise ValueError(f"loss must be stablemax or softmax, got {self.loss!r}")
+        for name in ("global_batch_size", "steps", "eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    # The paper's Sudoku-MLP recipe: 1 GPU (L40S) for < 36 h.
+    "paper": dict(model_preset="sudoku-mlp"),
+    # What 2 CPU cores can train in about an hour: a narrower net, fewer recursions, a shorter warm-up, a higher LR.
+    "cpu-small": dict(model_preset="sudoku-small", global_batch_size=64, steps=6000, lr=1e-3, puzzle_emb_lr=1e-3,
+                      warmup_steps=100, weight_decay=0.1, puzzle_emb_weight_decay=0.1, eval_every=1000,
+                      eval_limit=500, save_every=100),
+    # Seconds-long runs for tests and smoke checks.
+    "tiny": dict(model_preset="sudoku-tiny", global_batch_size=16, steps=20, lr=1e-3, puzzle_emb_lr=1e-3,
+                 warmup_steps=5, eval_every=10, eval_limit=32, save_every=5),
+}
+
+
+def train_preset(name: str, **overrides) -> TrainConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown training preset {name!r}; known: {', '.join(PRESETS)}")
+    return TrainConfig(**{**PRESETS[name], **overrides})

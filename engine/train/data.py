@@ -1,0 +1,224 @@
+"""Sudoku training data: file and CSV readers, the official augmentation, a puzzle generator, a resumable stream.
+
+Every array holds codec tokens (TRM.md §6.1): blank=1, digit d -> d+1; inputs and labels are uint8 [N, 81].
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from engine.tasks.base import PuzzleError
+from engine.tasks.sudoku import BLANK, Sudoku
+from engine.tasks.sudoku_solver import count_solutions, random_solution, search
+
+TASK = Sudoku()
+_BAD = 255
+_TOKEN = np.full(256, _BAD, np.uint8)  # byte -> token lookup, so parsing is one fancy-index over the whole file
+_TOKEN[ord(".")] = _TOKEN[ord("0")] = BLANK
+_TOKEN[ord("1"):ord("9") + 1] = np.arange(2, 11)
+
+
+def _tokens(lines: list[bytes], where: Callable[[int], str]) -> np.ndarray:
+    """81-character lines -> tokens [N, 81]; `where(i)` names line i in error messages."""
+    lengths = np.fromiter(map(len, lines), np.int64, len(lines))
+    bad = np.flatnonzero(lengths != 81)
+    if bad.size:
+        raise PuzzleError(f"{where(bad[0])}: expected 81 characters, got {lengths[bad[0]]}")
+    tokens = _TOKEN[np.frombuffer(b"".join(lines), np.uint8)].reshape(-1, 81)
+    bad = np.argwhere(tokens == _BAD)
+    if bad.size:
+        i, c = bad[0]
+        raise PuzzleError(f"{where(i)}, column {c + 1}: unexpected character {chr(lines[i][c])!r}")
+    return tokens
+
+
+def _check_pairs(inputs: np.ndarray, labels: np.ndarray, where: Callable[[int], str]) -> None:
+    """Every label must be a valid grid that keeps its puzzle's givens (one vectorised pass, then one message)."""
+    bad = np.flatnonzero(~TASK.verify_batch(inputs, labels))
+    if bad.size:
+        raise PuzzleError(f"{where(bad[0])}: {TASK.check(inputs[bad[0]], labels[bad[0]])}")
+
+
+def _lines(path: Path) -> tuple[list[bytes], np.ndarray]:
+    """The non-comment lines of a file and their 1-based line numbers in it."""
+    raw = path.read_bytes().splitlines()
+    keep = [i for i, line in enumerate(raw) if not line.startswith(b"#")]
+    return [raw[i] for i in keep], np.array(keep, np.int64) + 1
+
+
+def read_puzzle_files(puzzles: str | Path, solutions: str | Path, start: int = 0,
+                      stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A puzzle file and its parallel solution file (shared/data/sudoku/README.md §3) -> (inputs, labels).
+
+    `start`/`stop` slice the puzzle lines like a Python slice; the fixed dev split is `start=-2000` (README §6).
+    """
+    puzzles, solutions = Path(puzzles), Path(solutions)
+    (p_lines, p_no), (s_lines, s_no) = _lines(puzzles), _lines(solutions)
+    if len(p_lines) != len(s_lines):
+        raise PuzzleError(f"{puzzles} has {len(p_lines)} puzzles but {solutions} has {len(s_lines)} solutions")
+    window = slice(start, stop)
+    p_lines, p_no, s_lines, s_no = p_lines[window], p_no[window], s_lines[window], s_no[window]
+    inputs = _tokens(p_lines, lambda i: f"{puzzles} line {p_no[i]}")
+    labels = _tokens(s_lines, lambda i: f"{solutions} line {s_no[i]}")
+    _check_pairs(inputs, labels, lambda i: f"{solutions} line {s_no[i]} (puzzle at {puzzles} line {p_no[i]})")
+    return inputs, labels
+
+
+def read_sudoku_extreme_csv(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sudoku-Extreme CSV (`source,question,answer,rating`; DATA.md §1.1) -> (inputs, labels), first `limit` rows."""
+    questions, answers, line_no = [], [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"question", "answer"} - set(reader.fieldnames or ())
+        if missing:
+            raise PuzzleError(f"{path}: the header lacks column(s) {', '.join(sorted(missing))}")
+        for row in itertools.islice(reader, limit):
+            questions.append(row["question"].encode())
+            answers.append(row["answer"].encode())
+            line_no.append(reader.line_num)
+    inputs = _tokens(questions, lambda i: f"{path} line {line_no[i]} (question)")
+    labels = _tokens(answers, lambda i: f"{path} line {line_no[i]} (answer)")
+    _check_pairs(inputs, labels, lambda i: f"{path} line {line_no[i]}")
+    return inputs, labels
+
+
+def download_sudoku_extreme(split: str = "train", cache_dir: str | Path | None = None) -> Path:
+    """The local path of Sudoku-Extreme's `{split}.csv`, fetched from the Hugging Face hub like the official builder
+    does (TRM.md §7.3)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ImportError("downloading Sudoku-Extreme needs huggingface_hub: pip install huggingface_hub") from None
+    return Path(hf_hub_download(repo_id="sapientinc/sudoku-extreme", filename=f"{split}.csv",
+                                repo_type="dataset", cache_dir=cache_dir))
+
+
+def _line_perm(keys: np.ndarray) -> np.ndarray:
+    """Random keys [B, 12] -> [B, 9] line orders: shuffled bands (or stacks) x shuffled lines within each."""
+    groups = np.argsort(keys[:, :3], axis=1)
+    within = np.argsort(keys[:, 3:].reshape(-1, 3, 3), axis=2)
+    return (groups[:, :, None] * 3 + within).reshape(-1, 9)
+
+
+def augment(inputs: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The official validity-preserving shuffle (`shuffle_sudoku`, TRM.md §7.3), drawn independently per row.
+
+    Each row takes one block of 34 uniform keys (digits 9, transpose 1, bands 3, rows 9, stacks 3, columns 9),
+    so a batch of B rows draws exactly what B batches of one row would: results do not depend on batching.
+    """
+    inputs, labels = np.asarray(inputs, np.uint8), np.asarray(labels, np.uint8)
+    b = len(inputs)
+    keys = rng.random((b, 34))
+    fixed = np.broadcast_to(np.arange(2, dtype=np.uint8), (b, 2))  # PAD and blank never move
+    token_map = np.concatenate([fixed, (np.argsort(keys[:, :9], axis=1) + 2).astype(np.uint8)], axis=1)
+    rows, cols = _line_perm(keys[:, 10:22])[:, :, None], _line_perm(keys[:, 22:34])[:, None, :]
+    # Output cell (r, c) reads input cell (rows[r], cols[c]), or (cols[c], rows[r]) when transposed.
+    src = np.where((keys[:, 9] < 0.5)[:, None, None], cols * 9 + rows, rows * 9 + cols).reshape(b, 81)
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(token_map, np.take_along_axis(x, src, axis=1), axis=1)
+
+    return apply(inputs), apply(labels)
+
+
+def random_grids(n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` complete valid grids [n, 81]: randomly branched solutions of the empty grid, then augmented for mixing."""
+    empty = np.full(81, BLANK, np.uint8)
+    grids = np.array([random_solution(empty, rng) for _ in range(n)], np.uint8).reshape(n, 81)
+    return augment(grids, grids, rng)[1]
+
+
+def generate_puzzles(n: int, rng: np.random.Generator, clues: tuple[int, int] = (22, 30),
+                     min_guesses: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`n` uniquely solvable puzzles with their solutions: (inputs, labels) uint8 [n, 81].
+
+    From a random grid, cells are blanked in random order, skipping any whose removal makes the solution ambiguous,
+    until the clue count reaches a target drawn uniformly from `clues` (inclusive). When the pass ends first, the
+    puzzle is minimal and is kept only if its clue count is in range. Harder data: fewer clues, or `min_guesses`
+    (keep puzzles whose exact search needs at least that many branches; DATA.md §1.5).
+
+    Measured here (one core of a 2-core machine, warm numba cache, n=500): about 750 puzzles/s at clues (22, 30)
+    and 1,300/s at (40, 50). Random removal rarely reaches a minimal puzzle under 23 clues, so (17, 21) drops to
+    about 2/s; `min_guesses` divides the rate by the fraction that pass (min_guesses=5 at (22, 30): about 90/s).
+    """
+    lo, hi = clues
+    if not 17 <= lo <= hi <= 81:
+        raise ValueError(f"clues must satisfy 17 <= low <= high <= 81, got {clues}")
+    inputs, labels = np.empty((n, 81), np.uint8), np.empty((n, 81), np.uint8)
+    made = 0
+    while made < n:
+        solution = random_grids(1, rng)[0]
+        target, given, puzzle = rng.integers(lo, hi + 1), 81, solution.copy()
+        for cell in rng.permutation(81):
+            if given == target:
+                break
+            puzzle[cell] = BLANK
+            if count_solutions(puzzle, 2) == 1:
+                given -= 1
+            else:
+                puzzle[cell] = solution[cell]  # this clue is needed for uniqueness
+        if given > hi or search(puzzle).guesses < min_guesses:
+            continue
+        inputs[made], labels[made] = puzzle, solution
+        made += 1
+    return inputs, labels
+
+
+class SampleStream:
+    """An endless, resumable stream of (augmented) training samples.
+
+    Epoch e visits the dataset in the order `default_rng([seed, 0, e]).permutation(N)`, so an epoch's order needs no
+    saved state; augmentation draws from one Generator seeded `[seed, 1]` (distinct seed words: numpy treats
+    `[seed]` and `[seed, 0]` as the same seed). Like the official loader (TRM.md §7.2) every visit gets a fresh
+    random augmentation; unlike it, samples are not grouped, and epochs run on without dropping a remainder.
+    """
+
+    def __init__(self, inputs: np.ndarray, labels: np.ndarray, seed: int, augment: bool = True):
+        self.inputs, self.labels = np.asarray(inputs, np.uint8), np.asarray(labels, np.uint8)
+        if self.inputs.shape != self.labels.shape or self.inputs.shape[1:] != (81,) or not len(self.inputs):
+            raise ValueError(f"inputs {self.inputs.shape} and labels {self.labels.shape} must both be non-empty "
+                             "[N, 81] Sudoku token arrays")
+        self.seed, self.augment = seed, augment
+        self.epoch = self.position = self.samples_seen = 0
+        self._rng = np.random.default_rng([seed, 1])
+        self._order = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, 0, self.epoch]).permutation(len(self.inputs))
+
+    @property
+    def epoch_fraction(self) -> float:
+        """Epochs consumed so far, fractional (samples seen / dataset size), for logging."""
+        return self.samples_seen / len(self.inputs)
+
+    def next(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `n` samples (inputs, labels), crossing epoch boundaries as needed."""
+        parts, need = [], n
+        while need:
+            take = min(need, len(self._order) - self.position)
+            parts.append(self._order[self.position:self.position + take])
+            self.position, need = self.position + take, need - take
+            if self.position == len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation()
+        index = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        self.samples_seen += n
+        inputs, labels = self.inputs[index], self.labels[index]
+        return augment(inputs, labels, self._rng) if self.augment else (inputs, labels)
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable position of the stream; `load_state_dict` resumes it exactly."""
+        return {"seed": self.seed, "size": len(self.inputs), "epoch": self.epoch, "position": self.position,
+                "samples_seen": self.samples_seen, "augment_rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["seed"], state["size"]) != (self.seed, len(self.inputs)):
+            raise ValueError(f"state is for seed {state['seed']} over {state['size']} samples, "
+                             f"but this stream has seed {self.seed} over {len(self.inputs)}")
+        self.epoch, self.position, self.samples_seen = state["epoch"], state["position"], state["samples_seen"]
+        self._rng.bit_generator.state = state["augment_rng"]
+        self._order = self._permutation()

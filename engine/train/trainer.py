@@ -1,0 +1,248 @@
+"""The TRM training loop (TRM.md §3.2, §4, §8): deep supervision with carries that persist across batches.
+
+Every optimizer step is one supervision step on a batch of carries. Rows that halted (Q head says "done", or N_sup
+steps reached, with exploration) are reset and take fresh samples; the others keep their state and data. The whole
+state — weights, EMA, optimizer moments, carries, data position and RNG streams — is saved atomically, so a killed
+run resumes exactly where its last save left it. Under torchrun every rank holds global_batch / world rows and
+gradients are summed across ranks, which keeps the replicas identical.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from engine.checkpoint import atomic_directory, save_checkpoint
+from engine.eval import predict
+from engine.models import TRM, preset
+from engine.train.config import TrainConfig
+from engine.train.data import SampleStream
+from engine.train.losses import act_loss
+from engine.train.optim import EMA, AdamATan2, SignSGD, lr_at
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"  # where collectives run: nccl reduces device tensors only
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks, returned on t's device."""
+        if self.world == 1:
+            return t
+        x = t.to(self.device)
+        dist.all_reduce(x)
+        return x.to(t.device)
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """[world, *t.shape], rank order."""
+        if self.world == 1:
+            return t.unsqueeze(0)
+        parts = [torch.empty_like(t, device=self.device) for _ in range(self.world)]
+        dist.all_gather(parts, t.to(self.device).contiguous())
+        return torch.stack(parts)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, task: str, train: tuple[np.ndarray, np.ndarray], dev: tuple[np.ndarray, np.ndarray],
+                 out: str | Path, device: str = "cpu", ddp: Dist = Dist()):
+        if cfg.global_batch_size % ddp.world:
+            raise ValueError(f"global batch {cfg.global_batch_size} does not split over {ddp.world} ranks")
+        self.cfg, self.task, self.dev, self.out, self.device, self.ddp = cfg, task, dev, Path(out), device, ddp
+        torch.manual_seed(cfg.seed)
+        # bf16 is the official compute dtype; CPUs without native bf16 train ~10x faster in float32 (benchmarks/).
+        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
+        self.model = TRM(preset(cfg.model_preset, **{**cfg.model_overrides, "forward_dtype": dtype})).to(device)
+        for p in self.model.state_dict().values():  # identical replicas, whatever each rank's init RNG did
+            if ddp.world > 1:
+                dist.broadcast(p, src=0)
+        named = dict(self.model.named_parameters())
+        self.opt = AdamATan2([p for n, p in named.items() if n != "puzzle_emb"], cfg.lr, cfg.betas, cfg.weight_decay)
+        self.emb_opt = SignSGD([named["puzzle_emb"]], cfg.puzzle_emb_lr, cfg.puzzle_emb_weight_decay) if "puzzle_emb" in named else None
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
+
+        B, L = cfg.global_batch_size // ddp.world, self.model.config.seq_len
+        self.stream = SampleStream(*train, seed=cfg.seed * 1000 + ddp.rank)
+        self.explore = torch.Generator().manual_seed(cfg.seed * 1000 + ddp.rank + 1)
+        self.carry = self.model.initial_carry(B)
+        self.inputs = torch.zeros(B, L, dtype=torch.long, device=device)
+        self.labels = torch.zeros(B, L, dtype=torch.long, device=device)
+        self.puzzle_ids = torch.zeros(B, dtype=torch.long, device=device)
+        self.steps = torch.zeros(B, dtype=torch.long, device=device)
+        self.halted = torch.ones(B, dtype=torch.bool, device=device)  # every row starts by taking a sample
+        self.step, self.elapsed, self.last_eval = 0, 0.0, None
+
+    # -- one optimizer step -----------------------------------------------------------------------------------------
+
+    def train_step(self) -> torch.Tensor:
+        """One supervision step; returns [halted rows, of them exact, of them Q right, their steps, summed loss]."""
+        cfg, model = self.cfg, self.model
+        self.step += 1
+        h = self.halted
+        if n := int(h.sum()):
+            x, y = self.stream.next(n)
+            self.inputs[h] = torch.from_numpy(x).to(self.device, torch.long)
+            self.labels[h] = torch.from_numpy(y).to(self.device, torch.long)
+        self.carry = model.reset(self.carry, h)
+        self.steps = torch.where(h, 0, self.steps)
+
+        self.carry, logits, q = model.step(self.carry, self.inputs, self.puzzle_ids)
+        loss, correct = act_loss(logits, q, self.labels, cfg.loss)
+        (loss / cfg.global_batch_size).backward()
+        for p in model.parameters():  # sum over ranks: the official global-batch mean
+            if p.grad is not None:
+                p.grad.copy_(self.ddp.all_reduce(p.grad))
+        self._set_lr(self.opt, lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_min_ratio))
+        self.opt.step()
+        if self.emb_opt:
+            self._set_lr(self.emb_opt, lr_at(self.step, cfg.puzzle_emb_lr, cfg.warmup_steps, cfg.steps, cfg.lr_min_ratio))
+            self.emb_opt.step()
+        model.zero_grad(set_to_none=True)
+        if self.ema:
+            self.ema.update(model)
+
+        with torch.no_grad():  # ACT halting with exploration (TRM.md §4)
+            self.steps += 1
+            q_halt = q[:, 0]
+            halted = (self.steps >= model.config.halt_max_steps) | (q_halt > 0)
+            explore = torch.rand(len(h), generator=self.explore) < model.config.halt_exploration_prob
+            min_steps = explore * torch.randint(2, model.config.halt_max_steps + 1, (len(h),), generator=self.explore)
+            self.halted = done = halted & (self.steps >= min_steps.to(self.device))
+            stats = [done.sum(), (done & correct).sum(), (done & ((q_halt >= 0) == correct)).sum(), self.steps[done].sum(), loss]
+            return torch.stack([s.double() for s in stats]).cpu()
+
+    def fit(self, log_every: int = 10) -> dict:
+        """Train to cfg.steps with a progress bar, logging to out/log.jsonl, evaluating and saving periodically."""
+        cfg, main = self.cfg, self.ddp.is_main
+        log_path = self.out / "log.jsonl"
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            kept = [line for line in (log_path.read_text().splitlines() if log_path.exists() else [])
+                    if json.loads(line)["step"] <= self.step]  # drop what a killed run logged after its last save
+            log_path.write_text("".join(line + "\n" for line in kept))
+        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=not main)
+        sums, start, mark = torch.zeros(5, dtype=torch.float64), time.perf_counter() - self.elapsed, (self.step, time.perf_counter())
+        while self.step < cfg.steps:
+            sums += self.train_step()
+            self.elapsed = time.perf_counter() - start
+            entry = {}
+            # Close the metrics window at every save too, so a resumed run logs exactly what an uninterrupted one would.
+            if self.step % log_every == 0 or self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                count, exact, q_ok, steps, loss = self.ddp.all_reduce(sums).tolist()
+                rows_s = (self.step - mark[0]) * cfg.global_batch_size / (time.perf_counter() - mark[1])
+                entry = {"loss": loss / ((self.step - mark[0]) * cfg.global_batch_size), "exact_accuracy": exact / max(count, 1),
+                         "q_halt_accuracy": q_ok / max(count, 1), "mean_steps": steps / max(count, 1), "rows_per_second": rows_s,
+                         "lr": self.opt.param_groups[0]["lr"]}
+                bar.set_postfix(loss=f"{entry['loss']:.3f}", exact=f"{entry['exact_accuracy']:.3f}", rows_s=f"{rows_s:.0f}")
+                sums.zero_()
+                mark = (self.step, time.perf_counter())
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                self.last_eval = entry["eval"] = self.evaluate()
+                bar.write(f"step {self.step}: held-out exact accuracy {self.last_eval['exact_accuracy']:.4f} "
+                          f"(cells {self.last_eval['cell_accuracy']:.4f}, n={self.last_eval['n']})")
+            if entry and main:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": self.step, "elapsed": round(self.elapsed, 2), **entry}) + "\n")
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                self.save()
+            bar.update(1)
+        bar.close()
+        return self.summary()
+
+    @staticmethod
+    def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+    # -- evaluation and checkpoints ---------------------------------------------------------------------------------
+
+    def eval_model(self) -> TRM:
+        """The weights that get evaluated and shipped: the EMA copy when EMA is on (TRM.md §8.4)."""
+        model = copy.deepcopy(self.model)
+        if self.ema:
+            self.ema.copy_to(model)
+        return model.eval()
+
+    def evaluate(self) -> dict:
+        """Exact and cell accuracy of all N_sup steps on the held-out split, sharded over ranks."""
+        inputs, labels = self.dev
+        limit = self.cfg.eval_limit or len(inputs)
+        inputs, labels = inputs[:limit][self.ddp.rank::self.ddp.world], labels[:limit][self.ddp.rank::self.ddp.world]
+        answers, _ = predict(self.eval_model(), inputs.astype(np.int64), 256, None, self.device, progress=False)
+        sums = torch.tensor([len(answers), (answers == labels).all(1).sum(), (answers == labels).mean(1).sum()], dtype=torch.float64)
+        n, exact, cells = self.ddp.all_reduce(sums).tolist()
+        return {"n": int(n), "exact_accuracy": exact / max(n, 1), "cell_accuracy": cells / max(n, 1)}
+
+    def save(self) -> None:
+        """Write the resumable train state and the EMA checkpoint, each atomically (rank 0 writes; all ranks send)."""
+        per_rank = {"z_H": self.carry.z_H, "z_L": self.carry.z_L, "inputs": self.inputs, "labels": self.labels,
+                    "steps": self.steps, "halted": self.halted.to(torch.uint8), "explore_rng": self.explore.get_state()}
+        gathered = {k: self.ddp.all_gather(v) for k, v in per_rank.items()}
+        streams = [None] * self.ddp.world
+        if self.ddp.world > 1:
+            dist.all_gather_object(streams, self.stream.state_dict())
+        else:
+            streams = [self.stream.state_dict()]
+        if not self.ddp.is_main:
+            return
+        tensors = {f"rank.{k}": v for k, v in gathered.items()}
+        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        if self.ema:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.shadow.items()})
+        for opt_name, opt in (("opt", self.opt), ("emb_opt", self.emb_opt)):
+            for i, p in enumerate(self.params_of(opt)):
+                tensors.update({f"{opt_name}.{i}.{k}": v for k, v in opt.state.get(p, {}).items()})
+        meta = {"step": self.step, "elapsed": self.elapsed, "world": self.ddp.world, "streams": streams,
+                "last_eval": self.last_eval, "config": self.cfg.to_dict()}
+        with atomic_directory(self.out / "train_state") as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "state.safetensors")
+            (tmp / "state.json").write_text(json.dumps(meta))
+        save_checkpoint(self.out / "checkpoint", self.eval_model(), self.task, meta={"training": self.summary()})
+
+    def resume(self) -> bool:
+        """Restore the last saved state from out/train_state; False when there is none."""
+        path = self.out / "train_state"
+        if not (path / "state.json").is_file():
+            return False
+        meta = json.loads((path / "state.json").read_text())
+        if meta["world"] != self.ddp.world:
+            raise ValueError(f"{path} was written by {meta['world']} ranks; resume with the same number (got {self.ddp.world})")
+        tensors = load_file(path / "state.safetensors", device=str(self.device))
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if self.ema:
+            self.ema.shadow = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        for opt_name, opt in (("opt", self.opt), ("emb_opt", self.emb_opt)):
+            for i, p in enumerate(self.params_of(opt)):
+                state = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"{opt_name}.{i}.")}
+                if state:
+                    state["step"] = state["step"].cpu()
+                    opt.state[p] = state
+        r = {k[5:]: v[self.ddp.rank] for k, v in tensors.items() if k.startswith("rank.")}
+        self.carry = type(self.carry)(r["z_H"], r["z_L"])
+        self.inputs, self.labels, self.steps, self.halted = r["inputs"], r["labels"], r["steps"], r["halted"].bool()
+        self.explore.set_state(r["explore_rng"].cpu())
+        self.stream.load_state_dict(meta["streams"][self.ddp.rank])
+        self.step, self.elapsed, self.last_eval = meta["step"], meta["elapsed"], meta.get("last_eval")
+        return True
+
+    @staticmethod
+    def params_of(opt: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+        return [p for g in opt.param_groups for p in g["params"]] if opt else []
+
+    def summary(self) -> dict:
+        return {"step": self.step, "wall_seconds": round(self.elapsed, 1), "world_size": self.ddp.world, "device": str(self.device),
+                "samples_seen": self.stream.samples_seen * self.ddp.world, "last_eval": self.last_eval, "config": self.cfg.to_dict()}

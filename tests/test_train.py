@@ -1,0 +1,189 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from engine.checkpoint import load_checkpoint
+from engine.train.config import train_preset
+from engine.train.data import generate_puzzles
+from engine.train.losses import act_loss, log_stablemax, token_cross_entropy
+from engine.train.optim import EMA, AdamATan2, SignSGD, lr_at
+from engine.train.trainer import Trainer
+
+
+def test_stablemax_matches_its_definition_and_softmax_path_matches_torch():
+    x = torch.tensor([[-2.0, 0.0, 3.0]])
+    s = torch.tensor([1 / 3, 1.0, 4.0])
+    torch.testing.assert_close(log_stablemax(x), torch.log(s / s.sum()).unsqueeze(0))
+    logits, labels = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    ce = token_cross_entropy(logits, labels, "stablemax")
+    assert ce.dtype == torch.float64 and ce.shape == (2, 5)
+    torch.testing.assert_close(token_cross_entropy(logits, labels, "softmax"),
+                               F.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), reduction="none").view(2, 5))
+
+
+def test_act_loss_is_sequence_mean_ce_plus_half_q_bce():
+    labels = torch.randint(2, 11, (3, 81))
+    logits = torch.randn(3, 81, 11)
+    logits[0].scatter_(-1, labels[0, :, None], 10.0)  # row 0 exactly right
+    q = torch.tensor([[1.5, 0.0], [-2.0, 0.0], [0.3, 0.0]])
+    loss, correct = act_loss(logits, q, labels)
+    assert correct.tolist() == [True, False, False]
+    expected = token_cross_entropy(logits, labels).mean(-1).sum() + 0.5 * F.binary_cross_entropy_with_logits(
+        q[:, 0], correct.float(), reduction="sum")
+    torch.testing.assert_close(loss, expected.to(loss.dtype))
+
+
+def test_adam_atan2_step_matches_the_formula():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    p0, g1, g2 = p.detach().clone(), torch.randn(4, 3), torch.randn(4, 3)
+    opt = AdamATan2([p], lr=0.01, betas=(0.9, 0.95), weight_decay=0.5)
+    m, v, ref = torch.zeros(4, 3), torch.zeros(4, 3), p0.clone()
+    for t, g in enumerate((g1, g2), start=1):
+        p.grad = g.clone()
+        opt.step()
+        ref = ref * (1 - 0.01 * 0.5)
+        m, v = 0.9 * m + 0.1 * g, 0.95 * v + 0.05 * g * g
+        ref = ref - 0.01 * torch.atan2(m / (1 - 0.9**t), torch.sqrt(v / (1 - 0.95**t)))
+    torch.testing.assert_close(p.detach(), ref)
+
+
+def test_sign_sgd_updates_only_rows_with_gradient():
+    w = torch.nn.Parameter(torch.ones(3, 2))
+    w.grad = torch.tensor([[0.5, -2.0], [0.0, 0.0], [0.0, 1e-9]])
+    SignSGD([w], lr=0.1, weight_decay=1.0).step()
+    torch.testing.assert_close(w.detach(), torch.tensor([[0.8, 1.0], [1.0, 1.0], [0.9, 0.8]]))
+
+
+def test_lr_warms_up_linearly_then_stays_constant_or_follows_cosine():
+    assert [lr_at(s, 1.0, 4, 100) for s in (0, 1, 2, 4, 50, 100)] == [0.0, 0.25, 0.5, 1.0, 1.0, 1.0]
+    assert lr_at(52, 1.0, 4, 100, min_ratio=0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(100, 1.0, 4, 100, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_ema_averages_parameters_but_not_the_puzzle_embedding():
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.zeros(2))
+    model.puzzle_emb = torch.nn.Parameter(torch.zeros(1, 2))
+    ema = EMA(model, decay=0.9)
+    assert set(ema.shadow) == {"w"}
+    with torch.no_grad():
+        model.w.fill_(1.0)
+        model.puzzle_emb.fill_(5.0)
+    ema.update(model)
+    ema.copy_to(model)
+    torch.testing.assert_close(model.w.detach(), torch.full((2,), 0.1))
+    assert (model.puzzle_emb == 5.0).all()
+
+
+@pytest.fixture(scope="module")
+def puzzles():
+    return generate_puzzles(120, np.random.default_rng(0), clues=(30, 40))
+
+
+def test_halted_rows_take_new_samples_and_the_rest_keep_their_carry(puzzles, tmp_path):
+    trainer = Trainer(train_preset("tiny"), "sudoku", puzzles, puzzles, tmp_path)
+    trainer.train_step()
+    assert trainer.stream.samples_seen == 16  # every row started halted
+    inputs, carry = trainer.inputs.clone(), trainer.carry
+    keep = torch.tensor([i % 2 == 0 for i in range(16)])
+    trainer.halted = ~keep
+    trainer.train_step()
+    assert trainer.stream.samples_seen == 16 + 8
+    assert torch.equal(trainer.inputs[keep], inputs[keep]) and not torch.equal(trainer.inputs[~keep], inputs[~keep])
+    assert trainer.steps[keep].eq(2).all() and trainer.steps[~keep].eq(1).all()
+    assert not torch.equal(trainer.carry.z_H[keep], carry.z_H[keep])  # kept rows recursed on from their state
+
+
+# A real kill: the training process SIGKILLs itself before a chosen step, with no chance to clean up.
+KILLABLE = """
+import os, signal, sys
+from engine.train import cli, trainer
+kill_at = int(os.environ.get("KILL_AT", "-1"))
+step = trainer.Trainer.train_step
+def train_step(self):
+    if self.step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self)
+trainer.Trainer.train_step = train_step
+cli.main(sys.argv[1:])
+"""
+
+
+def run_train(out, *extra, kill_at=-1):
+    args = ["--preset", "tiny", "--generate", "150", "--dev-size", "20", "--steps", "12", "--save-every", "4",
+            "--eval-every", "6", "--out", str(out), *extra]
+    return subprocess.run([sys.executable, "-c", KILLABLE, *args], env={**os.environ, "KILL_AT": str(kill_at)},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    straight = run_train(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    killed = run_train(tmp_path / "killed", kill_at=10)  # steps 9-10 run after the step-8 save, then die
+    assert killed.returncode == -9
+    assert json.loads((tmp_path / "killed" / "train_state" / "state.json").read_text())["step"] == 8
+    resumed = run_train(tmp_path / "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 8" in resumed.stdout
+    for part in ("train_state/state.safetensors", "checkpoint/model.safetensors"):
+        a, b = load_file(tmp_path / "straight" / part), load_file(tmp_path / "killed" / part)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{part}: {k} differs"
+    def log(run):
+        return [(e["step"], e.get("loss"), e.get("eval")) for e in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())]
+    assert log("killed") == log("straight")  # same numbers, nothing logged twice after the resume
+    assert [step for step, _, _ in log("killed")] == [4, 6, 8, 10, 12]
+    ckpt = load_checkpoint(tmp_path / "killed" / "checkpoint")
+    assert ckpt.meta["training"]["step"] == 12 and ckpt.meta["training"]["last_eval"]["n"] == 20
+
+
+def test_cli_refuses_to_overwrite_or_resume_nothing(tmp_path):
+    from engine.train.cli import main
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        main(["--out", str(tmp_path), "--resume", "--generate", "50", "--dev-size", "5"])
+    (tmp_path / "train_state").mkdir()
+    (tmp_path / "train_state" / "state.json").write_text("{}")
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main(["--out", str(tmp_path), "--generate", "50", "--dev-size", "5"])
+
+
+# Runs the real CLI under torchrun; after training each rank dumps its own weights for comparison.
+DDP = """
+import sys
+from safetensors.torch import save_file
+from engine.train import cli, trainer
+fit = trainer.Trainer.fit
+def fit_and_dump(self):
+    summary = fit(self)
+    save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, f"{self.out}/rank{self.ddp.rank}.safetensors")
+    return summary
+trainer.Trainer.fit = fit_and_dump
+cli.main(sys.argv[1:])
+"""
+
+
+def test_torchrun_two_cpu_ranks_end_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), "--preset", "tiny", "--generate", "150", "--dev-size", "20", "--steps", "6",
+                           "--eval-every", "3", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+    saved = load_file(out / "train_state" / "state.safetensors")
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    state = json.loads((out / "train_state" / "state.json").read_text())
+    assert state["world"] == 2 and len(state["streams"]) == 2 and state["streams"][0] != state["streams"][1]
+    assert saved["rank.z_H"].shape[0] == 2  # both ranks' carries are saved
