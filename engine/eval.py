@@ -19,11 +19,14 @@ from engine.machine import describe
 from engine.tasks import PuzzleError, Task, get_task
 
 
-def read_lines(path: str | Path, limit: int | None = None, comment_prefix: str | None = "#") -> list[str]:
-    """Non-empty, non-comment lines of a puzzle or solution file, newline stripped (spaces kept: they are maze cells)."""
+def read_lines(path: str | Path, offset: int = 0, limit: int | None = None, comment_prefix: str | None = "#") -> list[str]:
+    """Non-empty, non-comment lines of a puzzle or solution file, newline stripped (spaces kept: they are maze cells).
+
+    `offset` skips that many lines first (negative: counts from the end), then at most `limit` are returned."""
     with open(path) as f:
         lines = [line.rstrip("\r\n") for line in f
                  if line.strip("\r\n") and not (comment_prefix and line.startswith(comment_prefix))]
+    lines = lines[offset:]
     return lines[:limit]
 
 
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--puzzles", required=True, help="puzzle file, one per line")
     p.add_argument("--solutions", help="solutions file, one per puzzle line")
-    p.add_argument("--limit", type=int, help="evaluate only the first N puzzles")
+    p.add_argument("--offset", type=int, default=0, help="skip the first N puzzles (negative: take the last -N)")
+    p.add_argument("--limit", type=int, help="evaluate at most N puzzles")
     p.add_argument("--steps", type=int, help="supervision steps D (default: the checkpoint's N_sup)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -80,10 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointError as e:
         raise SystemExit(f"engine-eval: {e}")
     task = get_task(ckpt.task)
-    puzzles = encode_all(task, read_lines(args.puzzles, args.limit, task.comment_prefix), args.puzzles)
+    puzzles = encode_all(task, read_lines(args.puzzles, args.offset, args.limit, task.comment_prefix), args.puzzles)
     solutions = None
     if args.solutions:
-        solutions = encode_all(task, read_lines(args.solutions, args.limit, task.comment_prefix), args.solutions, answers=True)
+        solutions = encode_all(task, read_lines(args.solutions, args.offset, args.limit, task.comment_prefix), args.solutions, answers=True)
         if len(solutions) != len(puzzles):
             raise SystemExit(f"engine-eval: {len(puzzles)} puzzles but {len(solutions)} solutions")
 
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - start
     result = evaluate(task, puzzles, answers, q_halt, solutions)
     result.update(
-        checkpoint=str(args.checkpoint), puzzles=str(args.puzzles), task=task.name, rollouts=1,
+        checkpoint=str(args.checkpoint), puzzles=str(args.puzzles), offset=args.offset, task=task.name, rollouts=1,
         steps=args.steps or ckpt.config.halt_max_steps, device=args.device, dtype=ckpt.config.forward_dtype,
         wall_seconds=round(wall, 3), puzzles_per_second=round(len(puzzles) / wall, 2),
         machine=describe(args.device),

@@ -66,6 +66,8 @@ def test_read_lines_skips_comments_except_where_hash_is_a_cell(tmp_path):
     (tmp_path / "f.txt").write_text("# source: somewhere\n S.\n\n#S #\n")
     assert read_lines(tmp_path / "f.txt") == [" S."]
     assert read_lines(tmp_path / "f.txt", comment_prefix=get_task("maze").comment_prefix) == ["# source: somewhere", " S.", "#S #"]
+    assert read_lines(tmp_path / "f.txt", offset=-2, comment_prefix=None) == [" S.", "#S #"]
+    assert read_lines(tmp_path / "f.txt", offset=1, limit=1, comment_prefix=None) == [" S."]
 
 
 def test_console_scripts_are_installed():

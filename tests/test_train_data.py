@@ -192,3 +192,14 @@ def test_sample_stream_resumes_exactly(data):
     assert restored.state_dict() == stream.state_dict() and restored.epoch_fraction == pytest.approx(21 / 7)
     with pytest.raises(ValueError, match="seed 7"):
         SampleStream(inputs, labels, seed=8).load_state_dict(state)
+
+
+def test_generated_puzzles_write_files_that_read_back(tmp_path):
+    from engine.train.data import main, write_puzzle_files
+
+    main([str(tmp_path / "gen"), "-n", "5", "--clues", "35", "40", "--seed", "3"])
+    inputs, labels = read_puzzle_files(tmp_path / "gen.txt", tmp_path / "gen.sol")
+    assert inputs.shape == labels.shape == (5, 81)
+    assert ((inputs > 1).sum(1) >= 35).all() and ((inputs > 1).sum(1) <= 40).all()
+    write_puzzle_files(tmp_path / "again", inputs, labels)
+    assert (tmp_path / "again.txt").read_text() == (tmp_path / "gen.txt").read_text()

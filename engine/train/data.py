@@ -222,3 +222,31 @@ class SampleStream:
         self.epoch, self.position, self.samples_seen = state["epoch"], state["position"], state["samples_seen"]
         self._rng.bit_generator.state = state["augment_rng"]
         self._order = self._permutation()
+
+
+def write_puzzle_files(prefix: str | Path, inputs: np.ndarray, labels: np.ndarray) -> tuple[Path, Path]:
+    """Write PREFIX.txt ('.' blanks) and PREFIX.sol, the format `read_puzzle_files` and `engine-eval` read."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = prefix.with_suffix(".txt"), prefix.with_suffix(".sol")
+    for path, rows in zip(paths, (inputs, labels)):
+        path.write_text("".join(TASK.to_text(row) + "\n" for row in rows))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m engine.train.data", description="Write generated Sudoku puzzles and solutions.")
+    p.add_argument("prefix", help="writes PREFIX.txt and PREFIX.sol")
+    p.add_argument("-n", type=int, default=1000)
+    p.add_argument("--clues", type=int, nargs=2, default=(22, 30), metavar=("MIN", "MAX"))
+    p.add_argument("--min-guesses", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    inputs, labels = generate_puzzles(args.n, np.random.default_rng(args.seed), tuple(args.clues), args.min_guesses)
+    print("wrote", *write_puzzle_files(args.prefix, inputs, labels))
+
+
+if __name__ == "__main__":
+    main()
