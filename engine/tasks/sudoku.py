@@ -25,31 +25,30 @@ def _box_cells(box: int) -> list[tuple[int, int]]:
     return [(r0 + i // 3, c0 + i % 3) for i in range(9)]
 
 
+# The 27 units in reporting order: rows, columns, boxes, as (kind, name, cells).
+_UNITS = ([("row", f"row {i + 1}", [(i, c) for c in range(9)]) for i in range(9)]
+          + [("column", f"column {i + 1}", [(r, i) for r in range(9)]) for i in range(9)]
+          + [("box", f"box {b + 1} (rows {b // 3 * 3 + 1}-{b // 3 * 3 + 3}, columns {b % 3 * 3 + 1}-{b % 3 * 3 + 3})",
+              _box_cells(b)) for b in range(9)])
+
+
+def _two_cells(kind: str, a: tuple[int, int], b: tuple[int, int]) -> str:
+    if kind == "row":
+        return f"columns {a[1] + 1} and {b[1] + 1}"
+    if kind == "column":
+        return f"rows {a[0] + 1} and {b[0] + 1}"
+    return f"row {a[0] + 1}, column {a[1] + 1} and row {b[0] + 1}, column {b[1] + 1}"
+
+
 def _first_duplicate(grid: np.ndarray) -> str | None:
     """The first row, column or box (in that order) holding a digit twice, as a sentence; 0s are ignored."""
-    for r in range(9):
-        seen: dict[int, int] = {}
-        for c in range(9):
+    for kind, name, cells in _UNITS:
+        seen: dict[int, tuple[int, int]] = {}
+        for r, c in cells:
             d = int(grid[r, c])
             if d and d in seen:
-                return f"row {r + 1} has two {d}s (columns {seen[d] + 1} and {c + 1})"
-            seen[d] = c
-    for c in range(9):
-        seen = {}
-        for r in range(9):
-            d = int(grid[r, c])
-            if d and d in seen:
-                return f"column {c + 1} has two {d}s (rows {seen[d] + 1} and {r + 1})"
-            seen[d] = r
-    for b in range(9):
-        cells: dict[int, tuple[int, int]] = {}
-        for r, c in _box_cells(b):
-            d = int(grid[r, c])
-            if d and d in cells:
-                (r0, c0), (br, bc) = cells[d], (b // 3 * 3, b % 3 * 3)
-                return (f"box {b + 1} (rows {br + 1}-{br + 3}, columns {bc + 1}-{bc + 3}) has two {d}s "
-                        f"(row {r0 + 1}, column {c0 + 1} and row {r + 1}, column {c + 1})")
-            cells[d] = (r, c)
+                return f"{name} has two {d}s ({_two_cells(kind, seen[d], (r, c))})"
+            seen[d] = (r, c)
     return None
 
 

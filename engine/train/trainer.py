@@ -67,9 +67,9 @@ class Trainer:
         # bf16 is the official compute dtype; CPUs without native bf16 train ~10x faster in float32 (benchmarks/).
         dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
         self.model = TRM(preset(cfg.model_preset, **{**cfg.model_overrides, "forward_dtype": dtype})).to(device)
-        for p in self.model.state_dict().values():  # identical replicas, whatever each rank's init RNG did
-            if ddp.world > 1:
-                dist.broadcast(p, src=0)
+        if ddp.world > 1:  # identical replicas, whatever each rank's init RNG did
+            for t in self.model.state_dict().values():
+                dist.broadcast(t, src=0)
         named = dict(self.model.named_parameters())
         self.opt = AdamATan2([p for n, p in named.items() if n != "puzzle_emb"], cfg.lr, cfg.betas, cfg.weight_decay)
         self.emb_opt = SignSGD([named["puzzle_emb"]], cfg.puzzle_emb_lr, cfg.puzzle_emb_weight_decay) if "puzzle_emb" in named else None
