@@ -3,6 +3,7 @@
 Backs the `forward_dtype="auto"` policy of `engine.checkpoint.load_checkpoint` (float32 on CPU). Times are the
 median of `--repeats` runs after one warm-up; compare the ratio, not the absolute numbers (shared machines).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@
 Puzzle files use the tdoku format (81 chars per line, '.' blank, '#' comment lines); solutions default to
 `solutions/<stem>.sol` next to the puzzle file. Timings include the Python wrapper and exclude JIT compilation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,10 +78,14 @@ def main() -> None:
     guesses = [search(p).guesses for p in tokens]
 
     print(f"puzzles: {args.puzzles.name}, {len(pick)} of {len(puzzles)} (seed {args.seed})")
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}, "
-          f"numba {numba.__version__}, numpy {np.__version__}")
-    print(f"checked: {len(pick) - wrong}/{len(pick)} solutions equal the .sol line, "
-          f"{len(pick) - not_unique}/{len(pick)} counts == 1; median guesses {np.median(guesses):g}\n")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}, "
+        f"numba {numba.__version__}, numpy {np.__version__}"
+    )
+    print(
+        f"checked: {len(pick) - wrong}/{len(pick)} solutions equal the .sol line, "
+        f"{len(pick) - not_unique}/{len(pick)} counts == 1; median guesses {np.median(guesses):g}\n"
+    )
     print("| operation | mean ms | median ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|---:|")
     print(f"| solve (first solution) | {stats_ms(solve_ns)} |")

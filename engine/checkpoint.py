@@ -4,6 +4,7 @@ Also converts checkpoints written by the official TRM trainer (`torch.save`d sta
 loss-wrapped model, TRM.md §2) with `engine-convert`. Only the converter ever calls `torch.load`, and always
 with `weights_only=True`; the service loads safetensors only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,12 +71,20 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(path: str | os.PathLike, model: TRM, task: str, meta: dict | None = None, card: str | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike, model: TRM, task: str, meta: dict | None = None, card: str | None = None
+) -> Path:
     """Write a checkpoint directory atomically."""
     with atomic_directory(path) as tmp:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
-        config = {"format_version": FORMAT_VERSION, "arch": "trm", "task": task, "model": model.config.to_dict(), **(meta or {})}
+        config = {
+            "format_version": FORMAT_VERSION,
+            "arch": "trm",
+            "task": task,
+            "model": model.config.to_dict(),
+            **(meta or {}),
+        }
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if card is not None:
             (tmp / CARD).write_text(card)
@@ -100,7 +109,9 @@ def read_config(path: str | os.PathLike) -> dict:
     return config
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", forward_dtype: str = "auto") -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu", forward_dtype: str = "auto"
+) -> Checkpoint:
     """Load and validate a checkpoint directory.
 
     `forward_dtype` "auto" keeps the checkpoint's compute dtype (bf16) on accelerators and uses float32 on CPU, where
@@ -108,7 +119,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     path = Path(path)
     config = read_config(path)
     if forward_dtype == "auto":
-        forward_dtype = "float32" if torch.device(device).type == "cpu" else config["model"].get("forward_dtype", "bfloat16")
+        forward_dtype = (
+            "float32" if torch.device(device).type == "cpu" else config["model"].get("forward_dtype", "bfloat16")
+        )
     try:
         model_config = dataclasses.replace(TRMConfig.from_dict(config["model"]), forward_dtype=forward_dtype)
     except (TypeError, ValueError) as e:
@@ -129,10 +142,14 @@ def load_weights(model: TRM, tensors: dict[str, torch.Tensor], source: str) -> N
             raise CheckpointError(f"{source} is missing tensor {name!r} (expected shape {list(t.shape)})")
     for name, t in tensors.items():
         if name not in expected:
-            raise CheckpointError(f"{source} has unexpected tensor {name!r} {list(t.shape)}: the config describes no such weight")
+            raise CheckpointError(
+                f"{source} has unexpected tensor {name!r} {list(t.shape)}: the config describes no such weight"
+            )
         if t.shape != expected[name].shape:
             raise CheckpointError(
-                f"tensor {name!r} in {source} has shape {list(t.shape)}, but the config implies {list(expected[name].shape)}")
+                f"tensor {name!r} in {source} has shape {list(t.shape)}, "
+                f"but the config implies {list(expected[name].shape)}"
+            )
         if not t.is_floating_point():
             raise CheckpointError(f"tensor {name!r} in {source} has dtype {t.dtype}; expected a floating-point tensor")
     model.load_state_dict(tensors)
@@ -201,7 +218,9 @@ def _guess_task(arch_file: dict, vocab_size: int) -> str:
     return by_vocab[vocab_size]
 
 
-def load_official(src: str | os.PathLike, task: str | None = None, overrides: dict | None = None) -> tuple[TRM, str, dict]:
+def load_official(
+    src: str | os.PathLike, task: str | None = None, overrides: dict | None = None
+) -> tuple[TRM, str, dict]:
     """An official `step_N` file (+ the `all_config.yaml` beside it, if any) -> (model, task, source info)."""
     src = Path(src)
     state = torch.load(src, map_location="cpu", weights_only=True)
@@ -209,7 +228,9 @@ def load_official(src: str | os.PathLike, task: str | None = None, overrides: di
         raise CheckpointError(f"{src} does not hold a state dict of tensors")
     tensors = rename_official(state)
     if "embed_tokens.weight" not in tensors:
-        raise CheckpointError(f"{src} has no token embedding ('...inner.embed_tokens.embedding_weight'): not a TRM checkpoint")
+        raise CheckpointError(
+            f"{src} has no token embedding ('...inner.embed_tokens.embedding_weight'): not a TRM checkpoint"
+        )
     yaml_path = src.parent / "all_config.yaml"
     full = yaml.safe_load(yaml_path.read_text()) if yaml_path.is_file() else {}
     arch = {**(full.get("arch") or {}), **(overrides or {})}
@@ -224,10 +245,16 @@ def load_official(src: str | os.PathLike, task: str | None = None, overrides: di
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="engine-convert", description="Convert an official TRM step_N checkpoint into a checkpoint directory.")
-    p.add_argument("src", help="official checkpoint file (e.g. step_65100); all_config.yaml beside it is read if present")
+    p = argparse.ArgumentParser(
+        prog="engine-convert", description="Convert an official TRM step_N checkpoint into a checkpoint directory."
+    )
+    p.add_argument(
+        "src", help="official checkpoint file (e.g. step_65100); all_config.yaml beside it is read if present"
+    )
     p.add_argument("dst", help="output checkpoint directory")
-    p.add_argument("--task", choices=sorted(TASKS), help="puzzle task (default: from all_config.yaml or the vocabulary)")
+    p.add_argument(
+        "--task", choices=sorted(TASKS), help="puzzle task (default: from all_config.yaml or the vocabulary)"
+    )
     p.add_argument("--seq-len", type=int, help="sequence length without the puzzle prefix")
     p.add_argument("--num-heads", type=int)
     p.add_argument("--expansion", type=float)
@@ -241,8 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         model, task, source = load_official(args.src, args.task, flags)
     except CheckpointError as e:
-        raise SystemExit(f"engine-convert: {e}")
+        raise SystemExit(f"engine-convert: {e}") from None
     out = save_checkpoint(args.dst, model, task, meta={"source": source})
     n = sum(p.numel() for name, p in model.named_parameters() if name != "puzzle_emb")
-    print(f"wrote {out} ({task}, {n:,} parameters, T={model.config.H_cycles}, n={model.config.L_cycles}, "
-          f"{'mlp_t' if model.config.mlp_t else 'attention'}, pos={model.config.pos_encodings})")
+    print(
+        f"wrote {out} ({task}, {n:,} parameters, T={model.config.H_cycles}, n={model.config.L_cycles}, "
+        f"{'mlp_t' if model.config.mlp_t else 'attention'}, pos={model.config.pos_encodings})"
+    )

@@ -3,6 +3,7 @@
 Puzzle files hold one puzzle per line (lines starting with '#' are comments); an optional solutions file holds one
 answer per puzzle line, in the same order. Without solutions, only the rule verifier scores the answers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,13 +20,18 @@ from engine.machine import describe
 from engine.tasks import PuzzleError, Task, get_task
 
 
-def read_lines(path: str | Path, offset: int = 0, limit: int | None = None, comment_prefix: str | None = "#") -> list[str]:
+def read_lines(
+    path: str | Path, offset: int = 0, limit: int | None = None, comment_prefix: str | None = "#"
+) -> list[str]:
     """Non-empty, non-comment lines of a puzzle or solution file, newline stripped (spaces kept: they are maze cells).
 
     `offset` skips that many lines first (negative: counts from the end), then at most `limit` are returned."""
     with open(path) as f:
-        lines = [line.rstrip("\r\n") for line in f
-                 if line.strip("\r\n") and not (comment_prefix and line.startswith(comment_prefix))]
+        lines = [
+            line.rstrip("\r\n")
+            for line in f
+            if line.strip("\r\n") and not (comment_prefix and line.startswith(comment_prefix))
+        ]
     lines = lines[offset:]
     return lines[:limit]
 
@@ -37,30 +43,36 @@ def encode_all(task: Task, lines: list[str], path: str, answers: bool = False) -
         try:
             rows.append(encode(line))
         except PuzzleError as e:
-            raise SystemExit(f"engine-eval: {path}, puzzle {i}: {e}")
+            raise SystemExit(f"engine-eval: {path}, puzzle {i}: {e}") from None
     return np.stack(rows)
 
 
 @torch.no_grad()
-def predict(model, inputs: np.ndarray, batch_size: int, steps: int | None, device: str,
-            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model, inputs: np.ndarray, batch_size: int, steps: int | None, device: str, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Final-step argmax answers [N, seq_len] and Q-halt logits [N]."""
     answers, q_halt = [], []
     for start in tqdm(range(0, len(inputs), batch_size), desc="eval", unit="batch", leave=False, disable=not progress):
-        x = torch.as_tensor(inputs[start:start + batch_size], device=device)
+        x = torch.as_tensor(inputs[start : start + batch_size], device=device)
         logits, q = model.rollout(x, torch.zeros(len(x), dtype=torch.long, device=device), steps)
         answers.append(logits.argmax(-1).cpu().numpy())
         q_halt.append(q[:, 0].cpu().numpy())
     return np.concatenate(answers), np.concatenate(q_halt)
 
 
-def evaluate(task: Task, puzzles: np.ndarray, answers: np.ndarray, q_halt: np.ndarray, solutions: np.ndarray | None) -> dict:
+def evaluate(
+    task: Task, puzzles: np.ndarray, answers: np.ndarray, q_halt: np.ndarray, solutions: np.ndarray | None
+) -> dict:
     n = len(puzzles)
     result = {"n": n, "verified": float(task.verify_batch(puzzles, answers).mean()) if task.has_rule_verifier else None}
     if solutions is not None:
         exact = (answers == solutions).all(axis=1)
-        result.update(exact_accuracy=float(exact.mean()), cell_accuracy=float((answers == solutions).mean()),
-                      q_halt_accuracy=float(((q_halt >= 0) == exact).mean()))
+        result.update(
+            exact_accuracy=float(exact.mean()),
+            cell_accuracy=float((answers == solutions).mean()),
+            q_halt_accuracy=float(((q_halt >= 0) == exact).mean()),
+        )
     result["mean_confidence"] = float(torch.sigmoid(torch.from_numpy(q_halt)).mean())
     return result
 
@@ -82,12 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         ckpt = load_checkpoint(args.checkpoint, args.device, args.dtype)
     except CheckpointError as e:
-        raise SystemExit(f"engine-eval: {e}")
+        raise SystemExit(f"engine-eval: {e}") from None
     task = get_task(ckpt.task)
     puzzles = encode_all(task, read_lines(args.puzzles, args.offset, args.limit, task.comment_prefix), args.puzzles)
     solutions = None
     if args.solutions:
-        solutions = encode_all(task, read_lines(args.solutions, args.offset, args.limit, task.comment_prefix), args.solutions, answers=True)
+        solutions = encode_all(
+            task, read_lines(args.solutions, args.offset, args.limit, task.comment_prefix), args.solutions, answers=True
+        )
         if len(solutions) != len(puzzles):
             raise SystemExit(f"engine-eval: {len(puzzles)} puzzles but {len(solutions)} solutions")
 
@@ -96,9 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - start
     result = evaluate(task, puzzles, answers, q_halt, solutions)
     result.update(
-        checkpoint=str(args.checkpoint), puzzles=str(args.puzzles), offset=args.offset, task=task.name, rollouts=1,
-        steps=args.steps or ckpt.config.halt_max_steps, device=args.device, dtype=ckpt.config.forward_dtype,
-        wall_seconds=round(wall, 3), puzzles_per_second=round(len(puzzles) / wall, 2),
+        checkpoint=str(args.checkpoint),
+        puzzles=str(args.puzzles),
+        offset=args.offset,
+        task=task.name,
+        rollouts=1,
+        steps=args.steps or ckpt.config.halt_max_steps,
+        device=args.device,
+        dtype=ckpt.config.forward_dtype,
+        wall_seconds=round(wall, 3),
+        puzzles_per_second=round(len(puzzles) / wall, 2),
         machine=describe(args.device),
     )
     width = max(map(len, result))

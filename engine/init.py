@@ -2,6 +2,7 @@
 
 The starting point for training, and a real checkpoint for smoke tests of the solving path before trained weights exist.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """A one-line description of the machine a number was measured on."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """`engine-solve`: load a checkpoint and solve one puzzle with deterministic TRM (all supervision steps)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,9 @@ from engine.tasks import PuzzleError, get_task
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="engine-solve", description=__doc__)
-    p.add_argument("puzzle", nargs="?", help="the puzzle as text (Sudoku: 81 chars, '.' or '0' for blanks); '-' reads stdin")
+    p.add_argument(
+        "puzzle", nargs="?", help="the puzzle as text (Sudoku: 81 chars, '.' or '0' for blanks); '-' reads stdin"
+    )
     p.add_argument("--file", help="read the puzzle from this file instead")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
     p.add_argument("--steps", type=int, help="supervision steps (default: the checkpoint's N_sup)")
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         task = get_task(ckpt.task)
         tokens = task.encode(text.rstrip("\n"))
     except (CheckpointError, PuzzleError) as e:
-        raise SystemExit(f"engine-solve: {e}")
+        raise SystemExit(f"engine-solve: {e}") from None
 
     inputs = torch.as_tensor(tokens, device=args.device).unsqueeze(0)
     puzzle_ids = torch.tensor([args.puzzle_id], device=args.device)
@@ -46,4 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     if task.has_rule_verifier:
         print(f"verified: {'yes' if fault is None else 'no, ' + fault}")
     print(f"confidence: {torch.sigmoid(q[0, 0]).item():.3f} (Q halt logit {q[0, 0].item():+.2f})")
-    print(f"steps: {args.steps or ckpt.config.halt_max_steps}, {elapsed * 1000:.0f} ms on {args.device} ({ckpt.config.forward_dtype})")
+    print(
+        f"steps: {args.steps or ckpt.config.halt_max_steps}, "
+        f"{elapsed * 1000:.0f} ms on {args.device} ({ckpt.config.forward_dtype})"
+    )

@@ -71,7 +71,7 @@ def reference_crop(canvas: np.ndarray) -> list[list[int]]:
                 break
         if (r + 1) * width > best:
             best, size = (r + 1) * width, (r + 1, width)
-    return (canvas[:size[0], :size[1]] - 2).tolist()
+    return (canvas[: size[0], : size[1]] - 2).tolist()
 
 
 def test_crop_matches_reference_on_noisy_predictions():
@@ -92,22 +92,25 @@ def test_empty_crop_is_not_a_grid():
     assert not TASK.has_rule_verifier
 
 
-@pytest.mark.parametrize("puzzle, message", [
-    ([[1] * 5, [1] * 5, [1] * 4], "row 3 has 4 cells, expected 5"),
-    ([[1, 2], [12, 3]], "row 2, column 1: 12 is not a colour 0-9"),
-    ([[1, -1]], "row 1, column 2: -1 is not a colour 0-9"),
-    ([[1, 2.0]], "row 1, column 2: 2.0 is not a colour 0-9"),
-    ([[True]], "row 1, column 1: True is not a colour 0-9"),
-    (grid(31, 2), "grid has 31 rows; at most 30"),
-    (grid(2, 31), "grid has 31 columns; at most 30"),
-    ([], "grid has no rows"),
-    ([[]], "grid has no columns"),
-    ([[1], 2], "row 2: expected a list, got int"),
-    ("012\n3x5", "row 2, column 2: unexpected character 'x' (expected a digit 0-9)"),
-    ("012\n34", "row 2 has 2 cells, expected 3"),
-    ("", "grid has no rows"),
-    (7, "expected text or nested lists, got int"),
-])
+@pytest.mark.parametrize(
+    "puzzle, message",
+    [
+        ([[1] * 5, [1] * 5, [1] * 4], "row 3 has 4 cells, expected 5"),
+        ([[1, 2], [12, 3]], "row 2, column 1: 12 is not a colour 0-9"),
+        ([[1, -1]], "row 1, column 2: -1 is not a colour 0-9"),
+        ([[1, 2.0]], "row 1, column 2: 2.0 is not a colour 0-9"),
+        ([[True]], "row 1, column 1: True is not a colour 0-9"),
+        (grid(31, 2), "grid has 31 rows; at most 30"),
+        (grid(2, 31), "grid has 31 columns; at most 30"),
+        ([], "grid has no rows"),
+        ([[]], "grid has no columns"),
+        ([[1], 2], "row 2: expected a list, got int"),
+        ("012\n3x5", "row 2, column 2: unexpected character 'x' (expected a digit 0-9)"),
+        ("012\n34", "row 2 has 2 cells, expected 3"),
+        ("", "grid has no rows"),
+        (7, "expected text or nested lists, got int"),
+    ],
+)
 def test_malformed_input(puzzle, message):
     with pytest.raises(PuzzleError) as err:
         TASK.encode(puzzle)

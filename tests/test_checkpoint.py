@@ -5,7 +5,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from engine.checkpoint import CheckpointError, load_checkpoint, load_official, main as convert, save_checkpoint
+from engine.checkpoint import CheckpointError, load_checkpoint, load_official, save_checkpoint
+from engine.checkpoint import main as convert
 from engine.models import TRM, preset
 
 # The official Sudoku-MLP state dict (TRM.md §2.2): key order, shapes and dtypes as the official trainer saves them.
@@ -17,20 +18,31 @@ SUDOKU_MLP = [
     ("q_head.weight", [2, 512], torch.float32),
     ("q_head.bias", [2], torch.float32),
     ("puzzle_emb.weights", [1, 512], torch.float32),
-    *[(f"L_level.layers.{i}.{name}", shape, torch.float32) for i in range(2) for name, shape in [
-        ("mlp_t.gate_up_proj.weight", [1024, 97]), ("mlp_t.down_proj.weight", [97, 512]),
-        ("mlp.gate_up_proj.weight", [3072, 512]), ("mlp.down_proj.weight", [512, 1536])]],
+    *[
+        (f"L_level.layers.{i}.{name}", shape, torch.float32)
+        for i in range(2)
+        for name, shape in [
+            ("mlp_t.gate_up_proj.weight", [1024, 97]),
+            ("mlp_t.down_proj.weight", [97, 512]),
+            ("mlp.gate_up_proj.weight", [3072, 512]),
+            ("mlp.down_proj.weight", [512, 1536]),
+        ]
+    ],
 ]
 SUDOKU_ATTN = [(k, s, d) for k, s, d in SUDOKU_MLP if ".mlp_t." not in k] + [
-    (f"L_level.layers.{i}.self_attn.{name}", shape, torch.float32) for i in range(2)
-    for name, shape in [("qkv_proj.weight", [1536, 512]), ("o_proj.weight", [512, 512])]]
+    (f"L_level.layers.{i}.self_attn.{name}", shape, torch.float32)
+    for i in range(2)
+    for name, shape in [("qkv_proj.weight", [1536, 512]), ("o_proj.weight", [512, 512])]
+]
 BUFFERS = ("H_init", "L_init", "puzzle_emb.weights")
 
 
 def official_state_dict(spec, prefix: str, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     # Scaled like the official init so 16 steps of bf16 recursion stay in a realistic range.
-    return {prefix + k: (torch.randn(s, generator=g) * (1.0 if len(s) == 1 else s[-1] ** -0.5)).to(d) for k, s, d in spec}
+    return {
+        prefix + k: (torch.randn(s, generator=g) * (1.0 if len(s) == 1 else s[-1] ** -0.5)).to(d) for k, s, d in spec
+    }
 
 
 def sudoku_batch(n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,10 +62,26 @@ def test_convert_official_checkpoint_is_bit_exact(tmp_path, variant):
         flags = ["--task", "sudoku", "--H-cycles", "1", "--L-cycles", "2"]
     else:  # plain prefix, settings from the all_config.yaml the official trainer writes beside step_N
         state = official_state_dict(SUDOKU_ATTN, "model.inner.", seed=1)
-        arch = dict(name="recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1", H_cycles=1, L_cycles=2, H_layers=0,
-                    L_layers=2, hidden_size=512, expansion=4, num_heads=8, pos_encodings="rope", puzzle_emb_ndim=512,
-                    halt_max_steps=16, halt_exploration_prob=0.1, forward_dtype="bfloat16", mlp_t=False, puzzle_emb_len=16)
-        (tmp_path / "all_config.yaml").write_text(yaml.safe_dump({"arch": arch, "data_paths": ["data/sudoku-extreme-1k-aug-1000"]}))
+        arch = dict(
+            name="recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1",
+            H_cycles=1,
+            L_cycles=2,
+            H_layers=0,
+            L_layers=2,
+            hidden_size=512,
+            expansion=4,
+            num_heads=8,
+            pos_encodings="rope",
+            puzzle_emb_ndim=512,
+            halt_max_steps=16,
+            halt_exploration_prob=0.1,
+            forward_dtype="bfloat16",
+            mlp_t=False,
+            puzzle_emb_len=16,
+        )
+        (tmp_path / "all_config.yaml").write_text(
+            yaml.safe_dump({"arch": arch, "data_paths": ["data/sudoku-extreme-1k-aug-1000"]})
+        )
         flags = []
     torch.save(state, tmp_path / "step_100")
     convert([str(tmp_path / "step_100"), str(tmp_path / "converted"), *flags])
@@ -103,15 +131,22 @@ def _rewrite_weights(path, change):
 
 def test_wrong_shape_names_the_tensor(tiny_checkpoint):
     _rewrite_weights(tiny_checkpoint, lambda t: t.update({"lm_head.weight": torch.zeros(12, 64)}))
-    with pytest.raises(CheckpointError, match=r"tensor 'lm_head.weight' .* has shape \[12, 64\], but the config implies \[11, 64\]"):
+    with pytest.raises(
+        CheckpointError, match=r"tensor 'lm_head.weight' .* has shape \[12, 64\], but the config implies \[11, 64\]"
+    ):
         load_checkpoint(tiny_checkpoint)
 
 
 def test_missing_and_unexpected_tensors_are_named(tiny_checkpoint):
     _rewrite_weights(tiny_checkpoint, lambda t: t.pop("layers.1.mlp.down_proj.weight"))
-    with pytest.raises(CheckpointError, match=r"missing tensor 'layers.1.mlp.down_proj.weight' \(expected shape \[64, 256\]\)"):
+    with pytest.raises(
+        CheckpointError, match=r"missing tensor 'layers.1.mlp.down_proj.weight' \(expected shape \[64, 256\]\)"
+    ):
         load_checkpoint(tiny_checkpoint)
-    _rewrite_weights(tiny_checkpoint, lambda t: t.update({"layers.1.mlp.down_proj.weight": torch.zeros(64, 256), "extra.bias": torch.zeros(3)}))
+    _rewrite_weights(
+        tiny_checkpoint,
+        lambda t: t.update({"layers.1.mlp.down_proj.weight": torch.zeros(64, 256), "extra.bias": torch.zeros(3)}),
+    )
     with pytest.raises(CheckpointError, match=r"unexpected tensor 'extra.bias' \[3\]"):
         load_checkpoint(tiny_checkpoint)
 
@@ -120,8 +155,11 @@ def test_bad_config_is_reported(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="config.json is missing"):
         load_checkpoint(tmp_path)
     config = json.loads((tiny_checkpoint / "config.json").read_text())
-    for change, message in [({"arch": "hrm"}, "arch 'hrm' is not supported"), ({"task": "chess"}, "unknown task 'chess'"),
-                            ({"model": {**config["model"], "hidden_size": 63}}, "hidden_size must be divisible by num_heads")]:
+    for change, message in [
+        ({"arch": "hrm"}, "arch 'hrm' is not supported"),
+        ({"task": "chess"}, "unknown task 'chess'"),
+        ({"model": {**config["model"], "hidden_size": 63}}, "hidden_size must be divisible by num_heads"),
+    ]:
         (tiny_checkpoint / "config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(tiny_checkpoint)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.eval import evaluate, main as eval_main, read_lines
+from engine.eval import evaluate, read_lines
+from engine.eval import main as eval_main
 from engine.init import main as init_main
 from engine.solve import main as solve_main
 from engine.tasks import get_task
@@ -41,8 +42,22 @@ def test_eval_writes_json(tiny_checkpoint, tmp_path, capsys):
     task = get_task("sudoku")
     (tmp_path / "p.txt").write_text("# a comment line\n" + "\n".join(PUZZLES) + "\n")
     (tmp_path / "s.sol").write_text("\n".join(task.to_text(solve(task.encode(p))) for p in PUZZLES) + "\n")
-    eval_main(["--checkpoint", str(tiny_checkpoint), "--puzzles", str(tmp_path / "p.txt"), "--solutions",
-               str(tmp_path / "s.sol"), "--limit", "2", "--steps", "2", "--json", str(tmp_path / "r.json")])
+    eval_main(
+        [
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--puzzles",
+            str(tmp_path / "p.txt"),
+            "--solutions",
+            str(tmp_path / "s.sol"),
+            "--limit",
+            "2",
+            "--steps",
+            "2",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["n"] == 2 and result["steps"] == 2 and result["rollouts"] == 1
     assert 0 <= result["exact_accuracy"] <= result["cell_accuracy"] <= 1
@@ -65,7 +80,11 @@ def test_evaluate_scores_exact_and_verified():
 def test_read_lines_skips_comments_except_where_hash_is_a_cell(tmp_path):
     (tmp_path / "f.txt").write_text("# source: somewhere\n S.\n\n#S #\n")
     assert read_lines(tmp_path / "f.txt") == [" S."]
-    assert read_lines(tmp_path / "f.txt", comment_prefix=get_task("maze").comment_prefix) == ["# source: somewhere", " S.", "#S #"]
+    assert read_lines(tmp_path / "f.txt", comment_prefix=get_task("maze").comment_prefix) == [
+        "# source: somewhere",
+        " S.",
+        "#S #",
+    ]
     assert read_lines(tmp_path / "f.txt", offset=-2, comment_prefix=None) == [" S.", "#S #"]
     assert read_lines(tmp_path / "f.txt", offset=1, limit=1, comment_prefix=None) == [" S."]
 

@@ -98,22 +98,30 @@ def bad(rows: list[str], line: int, text: str) -> list[str]:
     return rows
 
 
-@pytest.mark.parametrize("puzzle, message", [
-    ("\n".join(PUZZLE[:29]), "expected 30 rows, got 29"),
-    ("\n".join(bad(PUZZLE, 4, "#" * 28)), "row 5 has 28 characters, expected 30"),
-    ("".join(PUZZLE)[:899], "expected 900 characters, got 899"),
-    (bad(PUZZLE, 2, "   G  x" + "#" * 23), "row 3, column 7: unexpected character 'x' (allowed: '#', ' ', 'S', 'G')"),
-    (bad(PUZZLE, 1, " ##o" + "#" * 26), "row 2, column 4: 'o' (path) is not allowed in a puzzle"),
-    (bad(PUZZLE, 0, "#" * 30), "maze has no 'S' (start)"),
-    (bad(PUZZLE, 2, "#" * 30), "maze has no 'G' (goal)"),
-    (bad(bad(PUZZLE, 0, "##S" + "#" * 27), 6, "########S" + "#" * 21),
-     "maze has 2 'S' cells: row 1, column 3 and row 7, column 9"),
-    (PUZZLE[:29], "expected 30 rows, got 29"),
-    ([list(row) for row in PUZZLE[:4]] + [list("#" * 29)] + PUZZLE[5:], "row 5 has 29 cells, expected 30"),
-    ([["##"] * 30] + PUZZLE[1:], "row 1, column 1: unexpected character '##' (allowed: '#', ' ', 'S', 'G')"),
-    (PUZZLE[:29] + [5], "row 30: expected a list, got int"),
-    (42, "expected text or nested lists, got int"),
-])
+@pytest.mark.parametrize(
+    "puzzle, message",
+    [
+        ("\n".join(PUZZLE[:29]), "expected 30 rows, got 29"),
+        ("\n".join(bad(PUZZLE, 4, "#" * 28)), "row 5 has 28 characters, expected 30"),
+        ("".join(PUZZLE)[:899], "expected 900 characters, got 899"),
+        (
+            bad(PUZZLE, 2, "   G  x" + "#" * 23),
+            "row 3, column 7: unexpected character 'x' (allowed: '#', ' ', 'S', 'G')",
+        ),
+        (bad(PUZZLE, 1, " ##o" + "#" * 26), "row 2, column 4: 'o' (path) is not allowed in a puzzle"),
+        (bad(PUZZLE, 0, "#" * 30), "maze has no 'S' (start)"),
+        (bad(PUZZLE, 2, "#" * 30), "maze has no 'G' (goal)"),
+        (
+            bad(bad(PUZZLE, 0, "##S" + "#" * 27), 6, "########S" + "#" * 21),
+            "maze has 2 'S' cells: row 1, column 3 and row 7, column 9",
+        ),
+        (PUZZLE[:29], "expected 30 rows, got 29"),
+        ([list(row) for row in PUZZLE[:4]] + [list("#" * 29)] + PUZZLE[5:], "row 5 has 29 cells, expected 30"),
+        ([["##"] * 30] + PUZZLE[1:], "row 1, column 1: unexpected character '##' (allowed: '#', ' ', 'S', 'G')"),
+        (PUZZLE[:29] + [5], "row 30: expected a list, got int"),
+        (42, "expected text or nested lists, got int"),
+    ],
+)
 def test_malformed_input(puzzle, message):
     with pytest.raises(PuzzleError) as err:
         TASK.encode(puzzle)

@@ -14,12 +14,19 @@ def tiny(**overrides) -> TRM:
 
 def inputs(model: TRM, batch: int = 3, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, model.config.vocab_size, (batch, model.config.seq_len), generator=g), torch.zeros(batch, dtype=torch.long)
+    return torch.randint(1, model.config.vocab_size, (batch, model.config.seq_len), generator=g), torch.zeros(
+        batch, dtype=torch.long
+    )
 
 
 def test_paper_parameter_counts():
     # TRM.md §10.1: model.parameters() without the puzzle-embedding table.
-    for name, expected in [("sudoku-mlp", 5_028_866), ("sudoku-attn", 6_828_034), ("maze-attn", 6_822_914), ("arc-attn", 6_829_058)]:
+    for name, expected in [
+        ("sudoku-mlp", 5_028_866),
+        ("sudoku-attn", 6_828_034),
+        ("maze-attn", 6_822_914),
+        ("arc-attn", 6_829_058),
+    ]:
         model = TRM(preset(name))
         assert sum(p.numel() for n, p in model.named_parameters() if n != "puzzle_emb") == expected, name
 

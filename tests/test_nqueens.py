@@ -97,19 +97,27 @@ def test_check():
     assert EIGHT.check(puzzle, padded) == "row 2, column 3: token 0 is neither empty (1) nor a queen (2)"
 
 
-@pytest.mark.parametrize("puzzle, message", [
-    (board([0, None, 2] + [None] * 5), "queens at row 1, column 1 and row 3, column 3 share a diagonal"),
-    (board([None, 5, None, None, None, None, 5, None]), "queens at row 2, column 6 and row 7, column 6 share a column"),
-    (["Q..Q...."] + board([None] * 7), "queens at row 1, column 1 and row 1, column 4 share a row"),
-    (board([None] * 7), "expected 8 rows, got 7"),
-    ("\n".join(board([None] * 4) + ["......."] + board([None] * 3)), "row 5 has 7 characters, expected 8"),
-    ("." * 63, "expected 64 characters, got 63"),
-    (board([None] * 2) + ["..x....."] + board([None] * 5),
-     "row 3, column 3: unexpected character 'x' (allowed: '.', 'Q', '0', '1')"),
-    ([[0] * 8] * 3 + [[0, 2] + [0] * 6] + [[0] * 8] * 4, "row 4, column 2: 2 is not 0 (empty) or 1 (queen)"),
-    ([[0] * 8] * 7 + [[0] * 9], "row 8 has 9 cells, expected 8"),
-    ([[True] + [0] * 7] + [[0] * 8] * 7, "row 1, column 1: True is not 0 (empty) or 1 (queen)"),
-])
+@pytest.mark.parametrize(
+    "puzzle, message",
+    [
+        (board([0, None, 2] + [None] * 5), "queens at row 1, column 1 and row 3, column 3 share a diagonal"),
+        (
+            board([None, 5, None, None, None, None, 5, None]),
+            "queens at row 2, column 6 and row 7, column 6 share a column",
+        ),
+        (["Q..Q...."] + board([None] * 7), "queens at row 1, column 1 and row 1, column 4 share a row"),
+        (board([None] * 7), "expected 8 rows, got 7"),
+        ("\n".join(board([None] * 4) + ["......."] + board([None] * 3)), "row 5 has 7 characters, expected 8"),
+        ("." * 63, "expected 64 characters, got 63"),
+        (
+            board([None] * 2) + ["..x....."] + board([None] * 5),
+            "row 3, column 3: unexpected character 'x' (allowed: '.', 'Q', '0', '1')",
+        ),
+        ([[0] * 8] * 3 + [[0, 2] + [0] * 6] + [[0] * 8] * 4, "row 4, column 2: 2 is not 0 (empty) or 1 (queen)"),
+        ([[0] * 8] * 7 + [[0] * 9], "row 8 has 9 cells, expected 8"),
+        ([[True] + [0] * 7] + [[0] * 8] * 7, "row 1, column 1: True is not 0 (empty) or 1 (queen)"),
+    ],
+)
 def test_malformed_input(puzzle, message):
     with pytest.raises(PuzzleError) as err:
         EIGHT.encode(puzzle)

@@ -1,4 +1,5 @@
 """Sudoku codec, rule checks, batch verifier and exact solver. Self-contained: no shared data files."""
+
 from __future__ import annotations
 
 import re
@@ -53,6 +54,7 @@ def brute_force_count(digits: list[int]) -> int:
 
 # --- codec -------------------------------------------------------------------------------------------------------
 
+
 def test_token_encoding_follows_trm():
     t = TASK.encode("5...27..9" + "." * 72)
     assert t.dtype == np.int64 and t.shape == (81,)
@@ -63,7 +65,7 @@ def test_text_forms_round_trip():
     t = TASK.encode(INKALA)
     assert TASK.to_text(t) == INKALA
     assert np.array_equal(TASK.encode(INKALA.replace(".", "0")), t)
-    multiline = "\n".join(" ".join(INKALA[r * 9:(r + 1) * 9]) for r in range(9)) + "\n"
+    multiline = "\n".join(" ".join(INKALA[r * 9 : (r + 1) * 9]) for r in range(9)) + "\n"
     assert np.array_equal(TASK.encode(multiline), t)
 
 
@@ -90,26 +92,33 @@ def test_render():
     assert lines[4] == ". 5 . | . . 7 | . . ."
 
 
-@pytest.mark.parametrize("puzzle, message", [
-    (INKALA[:-1], "expected 81 cells, got 80"),
-    (INKALA + "1", "expected 81 cells, got 82"),
-    (INKALA[:22] + "x" + INKALA[23:],
-     "row 3, column 5: unexpected character 'x' (use 1-9 for givens, '.' or '0' for blanks)"),
-    (empty_with()[:8], "expected 9 rows, got 8"),
-    (empty_with()[:3] + [[0] * 8] + empty_with()[4:], "row 4 has 8 cells, expected 9"),
-    (empty_with((2, 7, 12)), "row 2, column 7: 12 is not a digit 0-9"),
-    (empty_with((5, 1, -1)), "row 5, column 1: -1 is not a digit 0-9"),
-    (empty_with((1, 1, True)), "row 1, column 1: True is not a digit 0-9"),
-    (empty_with((1, 2, 5.0)), "row 1, column 2: 5.0 is not a digit 0-9"),
-    (empty_with((9, 9, "5")), "row 9, column 9: '5' is not a digit 0-9"),
-    (["8........"] * 9, "row 1: expected a list of 9 digits, got str"),
-    (42, "expected an 81-character string or a 9x9 nested list, got int"),
-    (empty_with((2, 1, 5), (2, 7, 5)), "row 2 has two 5s (columns 1 and 7)"),
-    (empty_with((2, 3, 7), (5, 3, 7)), "column 3 has two 7s (rows 2 and 5)"),
-    (empty_with((4, 4, 3), (6, 6, 3)),
-     "box 5 (rows 4-6, columns 4-6) has two 3s (row 4, column 4 and row 6, column 6)"),
-    ("5.....5.." + "." * 72, "row 1 has two 5s (columns 1 and 7)"),
-])
+@pytest.mark.parametrize(
+    "puzzle, message",
+    [
+        (INKALA[:-1], "expected 81 cells, got 80"),
+        (INKALA + "1", "expected 81 cells, got 82"),
+        (
+            INKALA[:22] + "x" + INKALA[23:],
+            "row 3, column 5: unexpected character 'x' (use 1-9 for givens, '.' or '0' for blanks)",
+        ),
+        (empty_with()[:8], "expected 9 rows, got 8"),
+        (empty_with()[:3] + [[0] * 8] + empty_with()[4:], "row 4 has 8 cells, expected 9"),
+        (empty_with((2, 7, 12)), "row 2, column 7: 12 is not a digit 0-9"),
+        (empty_with((5, 1, -1)), "row 5, column 1: -1 is not a digit 0-9"),
+        (empty_with((1, 1, True)), "row 1, column 1: True is not a digit 0-9"),
+        (empty_with((1, 2, 5.0)), "row 1, column 2: 5.0 is not a digit 0-9"),
+        (empty_with((9, 9, "5")), "row 9, column 9: '5' is not a digit 0-9"),
+        (["8........"] * 9, "row 1: expected a list of 9 digits, got str"),
+        (42, "expected an 81-character string or a 9x9 nested list, got int"),
+        (empty_with((2, 1, 5), (2, 7, 5)), "row 2 has two 5s (columns 1 and 7)"),
+        (empty_with((2, 3, 7), (5, 3, 7)), "column 3 has two 7s (rows 2 and 5)"),
+        (
+            empty_with((4, 4, 3), (6, 6, 3)),
+            "box 5 (rows 4-6, columns 4-6) has two 3s (row 4, column 4 and row 6, column 6)",
+        ),
+        ("5.....5.." + "." * 72, "row 1 has two 5s (columns 1 and 7)"),
+    ],
+)
 def test_malformed_input_is_named(puzzle, message):
     with pytest.raises(PuzzleError, match=re.escape(message) + "$"):
         TASK.encode(puzzle)
@@ -151,8 +160,11 @@ CHECK_CASES = [
 
 
 def test_base_grid_is_a_valid_sudoku():
-    for unit in ([BASE[r] for r in range(9)] + [[BASE[r][c] for r in range(9)] for c in range(9)]
-                 + [[BASE[b // 3 * 3 + k // 3][b % 3 * 3 + k % 3] for k in range(9)] for b in range(9)]):
+    for unit in (
+        [BASE[r] for r in range(9)]
+        + [[BASE[r][c] for r in range(9)] for c in range(9)]
+        + [[BASE[b // 3 * 3 + k // 3][b % 3 * 3 + k % 3] for k in range(9)] for b in range(9)]
+    ):
         assert sorted(unit) == list(range(1, 10))
 
 
@@ -180,6 +192,7 @@ def test_verify_batch_agrees_with_verify():
 
 # --- exact solver ------------------------------------------------------------------------------------------------
 
+
 def test_solves_a_hard_puzzle():
     puzzle = TASK.encode(INKALA)
     found = search(puzzle)
@@ -197,12 +210,15 @@ def test_counts_stop_at_the_limit():
     assert count_solutions(EMPTY, limit=1) == 1
 
 
-@pytest.mark.parametrize("givens", [
-    # row 1 holds 1-8, so its last cell must be 9, which column 9 already has
-    [(1, c, c) for c in range(1, 9)] + [(5, 9, 9)],
-    # rows 1-2 and columns 1-2 keep 1 out of box 1 except row 3, column 3, which holds a 2
-    [(1, 4, 1), (2, 7, 1), (4, 1, 1), (7, 2, 1), (3, 3, 2)],
-])
+@pytest.mark.parametrize(
+    "givens",
+    [
+        # row 1 holds 1-8, so its last cell must be 9, which column 9 already has
+        [(1, c, c) for c in range(1, 9)] + [(5, 9, 9)],
+        # rows 1-2 and columns 1-2 keep 1 out of box 1 except row 3, column 3, which holds a 2
+        [(1, 4, 1), (2, 7, 1), (4, 1, 1), (7, 2, 1), (3, 3, 2)],
+    ],
+)
 def test_contradictory_puzzle_has_no_solution(givens):
     puzzle = TASK.encode(empty_with(*givens))  # encodes, so no row, column or box repeats a given
     assert count_solutions(puzzle) == 0
@@ -213,12 +229,15 @@ def test_duplicate_givens_past_the_codec_have_no_solution():
     assert count_solutions(tokens(empty_with((2, 1, 5), (2, 7, 5)))) == 0
 
 
-@pytest.mark.parametrize("bad", [
-    np.zeros(81, dtype=np.int64),  # PAD is not a cell
-    np.full(81, 11),
-    np.ones((9, 9), dtype=np.int64),
-    np.ones(81, dtype=np.float64),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros(81, dtype=np.int64),  # PAD is not a cell
+        np.full(81, 11),
+        np.ones((9, 9), dtype=np.int64),
+        np.ones(81, dtype=np.float64),
+    ],
+)
 def test_solver_rejects_non_tokens(bad):
     with pytest.raises(ValueError, match="tokens"):
         solve(bad)

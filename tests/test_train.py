@@ -25,8 +25,10 @@ def test_stablemax_matches_its_definition_and_softmax_path_matches_torch():
     logits, labels = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
     ce = token_cross_entropy(logits, labels, "stablemax")
     assert ce.dtype == torch.float64 and ce.shape == (2, 5)
-    torch.testing.assert_close(token_cross_entropy(logits, labels, "softmax"),
-                               F.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), reduction="none").view(2, 5))
+    torch.testing.assert_close(
+        token_cross_entropy(logits, labels, "softmax"),
+        F.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), reduction="none").view(2, 5),
+    )
 
 
 def test_act_loss_is_sequence_mean_ce_plus_half_q_bce():
@@ -37,7 +39,8 @@ def test_act_loss_is_sequence_mean_ce_plus_half_q_bce():
     loss, correct = act_loss(logits, q, labels)
     assert correct.tolist() == [True, False, False]
     expected = token_cross_entropy(logits, labels).mean(-1).sum() + 0.5 * F.binary_cross_entropy_with_logits(
-        q[:, 0], correct.float(), reduction="sum")
+        q[:, 0], correct.float(), reduction="sum"
+    )
     torch.testing.assert_close(loss, expected.to(loss.dtype))
 
 
@@ -119,10 +122,30 @@ cli.main(sys.argv[1:])
 
 
 def run_train(out, *extra, kill_at=-1):
-    args = ["--preset", "tiny", "--generate", "150", "--dev-size", "20", "--steps", "12", "--save-every", "4",
-            "--eval-every", "6", "--out", str(out), *extra]
-    return subprocess.run([sys.executable, "-c", KILLABLE, *args], env={**os.environ, "KILL_AT": str(kill_at)},
-                          capture_output=True, text=True, timeout=300)
+    args = [
+        "--preset",
+        "tiny",
+        "--generate",
+        "150",
+        "--dev-size",
+        "20",
+        "--steps",
+        "12",
+        "--save-every",
+        "4",
+        "--eval-every",
+        "6",
+        "--out",
+        str(out),
+        *extra,
+    ]
+    return subprocess.run(
+        [sys.executable, "-c", KILLABLE, *args],
+        env={**os.environ, "KILL_AT": str(kill_at)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
@@ -139,8 +162,13 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{part}: {k} differs"
+
     def log(run):
-        return [(e["step"], e.get("loss"), e.get("eval")) for e in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())]
+        return [
+            (e["step"], e.get("loss"), e.get("eval"))
+            for e in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())
+        ]
+
     assert log("killed") == log("straight")  # same numbers, nothing logged twice after the resume
     assert [step for step, _, _ in log("killed")] == [4, 6, 8, 10, 12]
     ckpt = load_checkpoint(tmp_path / "killed" / "checkpoint")
@@ -149,6 +177,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
 
 def test_cli_refuses_to_overwrite_or_resume_nothing(tmp_path):
     from engine.train.cli import main
+
     with pytest.raises(SystemExit, match="nothing to resume"):
         main(["--out", str(tmp_path), "--resume", "--generate", "50", "--dev-size", "5"])
     (tmp_path / "train_state").mkdir()
@@ -165,7 +194,8 @@ from engine.train import cli, trainer
 fit = trainer.Trainer.fit
 def fit_and_dump(self):
     summary = fit(self)
-    save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, f"{self.out}/rank{self.ddp.rank}.safetensors")
+    weights = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+    save_file(weights, f"{self.out}/rank{self.ddp.rank}.safetensors")
     return summary
 trainer.Trainer.fit = fit_and_dump
 cli.main(sys.argv[1:])
@@ -176,9 +206,32 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), "--preset", "tiny", "--generate", "150", "--dev-size", "20", "--steps", "6",
-                           "--eval-every", "3", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            "--preset",
+            "tiny",
+            "--generate",
+            "150",
+            "--dev-size",
+            "20",
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
     saved = load_file(out / "train_state" / "state.safetensors")

@@ -1,4 +1,5 @@
 """Training data: readers, augmentation, generator and the resumable sample stream. Builds its own small data."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,15 @@ import pytest
 from engine.tasks.base import PuzzleError
 from engine.tasks.sudoku import Sudoku
 from engine.tasks.sudoku_solver import count_solutions, search, solve
-from engine.train.data import (SampleStream, augment, download_sudoku_extreme, generate_puzzles, random_grids,
-                               read_puzzle_files, read_sudoku_extreme_csv)
+from engine.train.data import (
+    SampleStream,
+    augment,
+    download_sudoku_extreme,
+    generate_puzzles,
+    random_grids,
+    read_puzzle_files,
+    read_sudoku_extreme_csv,
+)
 
 TASK = Sudoku()
 # Arto Inkala's 2012 "world's hardest Sudoku" and its unique solution.
@@ -28,8 +36,10 @@ def text(tokens: np.ndarray) -> str:
 def data() -> tuple[np.ndarray, np.ndarray]:
     """Six generated puzzles plus Inkala's, as token arrays."""
     inputs, labels = generate_puzzles(6, np.random.default_rng(0), clues=(28, 36))
-    return (np.vstack([inputs, TASK.encode(INKALA).astype(np.uint8)]),
-            np.vstack([labels, TASK.encode(INKALA_SOL).astype(np.uint8)]))
+    return (
+        np.vstack([inputs, TASK.encode(INKALA).astype(np.uint8)]),
+        np.vstack([labels, TASK.encode(INKALA_SOL).astype(np.uint8)]),
+    )
 
 
 @pytest.fixture
@@ -111,8 +121,9 @@ def test_download_sudoku_extreme_uses_the_hub(monkeypatch, tmp_path):
 
     monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=hf_hub_download))
     assert download_sudoku_extreme("test", cache_dir=tmp_path) == local
-    assert calls == [{"repo_id": "sapientinc/sudoku-extreme", "filename": "test.csv", "repo_type": "dataset",
-                      "cache_dir": tmp_path}]
+    assert calls == [
+        {"repo_id": "sapientinc/sudoku-extreme", "filename": "test.csv", "repo_type": "dataset", "cache_dir": tmp_path}
+    ]
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes the import fail
     with pytest.raises(ImportError, match="pip install huggingface_hub"):
         download_sudoku_extreme()
@@ -132,7 +143,7 @@ def test_augment_preserves_validity_and_consistency(data):
     # Batching does not change the draws: one row at a time gives the same result.
     rng_a, rng_b = np.random.default_rng(2), np.random.default_rng(2)
     whole = augment(inputs[:4], labels[:4], rng_a)[0]
-    rows = np.vstack([augment(inputs[i:i + 1], labels[i:i + 1], rng_b)[0] for i in range(4)])
+    rows = np.vstack([augment(inputs[i : i + 1], labels[i : i + 1], rng_b)[0] for i in range(4)])
     np.testing.assert_array_equal(whole, rows)
 
 
@@ -172,8 +183,9 @@ def test_sample_stream_epochs_and_determinism(data):
     a, b = SampleStream(inputs, labels, seed=5), SampleStream(inputs, labels, seed=5)
     np.testing.assert_array_equal(np.vstack([a.next(3)[1], a.next(9)[1]]), b.next(12)[1])  # chunking is free
     assert TASK.verify_batch(*b.next(20)).all()
-    assert not np.array_equal(SampleStream(inputs, labels, seed=6).next(12)[1], SampleStream(
-        inputs, labels, seed=5).next(12)[1])
+    assert not np.array_equal(
+        SampleStream(inputs, labels, seed=6).next(12)[1], SampleStream(inputs, labels, seed=5).next(12)[1]
+    )
 
 
 def test_sample_stream_resumes_exactly(data):

@@ -1,4 +1,5 @@
 """The networks: TRM (and GRAM, with its issue) and their shared layers."""
+
 from engine.models.config import PRESETS, TRMConfig, preset
 from engine.models.trm import TRM, Carry
 

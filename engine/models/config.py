@@ -1,4 +1,5 @@
 """TRM architecture config (field names follow the official `arch` section, TRM.md §1.1) and named presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,17 +31,33 @@ class TRMConfig:
     forward_dtype: str = "bfloat16"
 
     def __post_init__(self):
-        _require(self.pos_encodings in POS_ENCODINGS, f"pos_encodings must be one of {POS_ENCODINGS}, got {self.pos_encodings!r}")
-        _require(self.forward_dtype in FORWARD_DTYPES, f"forward_dtype must be one of {FORWARD_DTYPES}, got {self.forward_dtype!r}")
+        _require(
+            self.pos_encodings in POS_ENCODINGS,
+            f"pos_encodings must be one of {POS_ENCODINGS}, got {self.pos_encodings!r}",
+        )
+        _require(
+            self.forward_dtype in FORWARD_DTYPES,
+            f"forward_dtype must be one of {FORWARD_DTYPES}, got {self.forward_dtype!r}",
+        )
         _require(self.hidden_size % self.num_heads == 0, "hidden_size must be divisible by num_heads")
         _require(self.pos_encodings != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head_dim")
-        for name in ("seq_len", "vocab_size", "num_puzzle_identifiers", "L_layers", "H_cycles", "L_cycles", "halt_max_steps"):
+        for name in (
+            "seq_len",
+            "vocab_size",
+            "num_puzzle_identifiers",
+            "L_layers",
+            "H_cycles",
+            "L_cycles",
+            "halt_max_steps",
+        ):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1")
         if self.puzzle_emb_ndim == 0:
             # The official code would silently slice 16 grid cells off the output in this case.
             _require(self.puzzle_emb_len == 0, "puzzle_emb_len must be 0 when puzzle_emb_ndim is 0")
         else:
-            _require(self.puzzle_emb_ndim <= self.prefix_len * self.hidden_size, "puzzle_emb_ndim does not fit the prefix")
+            _require(
+                self.puzzle_emb_ndim <= self.prefix_len * self.hidden_size, "puzzle_emb_ndim does not fit the prefix"
+            )
 
     @property
     def prefix_len(self) -> int:
@@ -82,14 +99,43 @@ PRESETS: dict[str, dict] = {
     "maze-attn": dict(_PAPER, seq_len=900, vocab_size=6, L_cycles=4, pos_encodings="rope"),
     "arc-attn": dict(_PAPER, seq_len=900, vocab_size=12, L_cycles=4, pos_encodings="rope"),
     # Sized for CPU training: one prefix slot and expansion 2 keep both SwiGLU inner sizes at 256.
-    "sudoku-small": dict(seq_len=81, vocab_size=11, hidden_size=128, num_heads=4, expansion=2.0, puzzle_emb_ndim=128,
-                         puzzle_emb_len=1, H_cycles=2, L_cycles=2, mlp_t=True, pos_encodings="none"),
-    "sudoku-tiny": dict(seq_len=81, vocab_size=11, hidden_size=64, num_heads=2, expansion=2.0, puzzle_emb_ndim=64,
-                        puzzle_emb_len=2, H_cycles=2, L_cycles=2, halt_max_steps=4, mlp_t=True, pos_encodings="none"),
+    "sudoku-small": dict(
+        seq_len=81,
+        vocab_size=11,
+        hidden_size=128,
+        num_heads=4,
+        expansion=2.0,
+        puzzle_emb_ndim=128,
+        puzzle_emb_len=1,
+        H_cycles=2,
+        L_cycles=2,
+        mlp_t=True,
+        pos_encodings="none",
+    ),
+    "sudoku-tiny": dict(
+        seq_len=81,
+        vocab_size=11,
+        hidden_size=64,
+        num_heads=2,
+        expansion=2.0,
+        puzzle_emb_ndim=64,
+        puzzle_emb_len=2,
+        H_cycles=2,
+        L_cycles=2,
+        halt_max_steps=4,
+        mlp_t=True,
+        pos_encodings="none",
+    ),
 }
 
-PRESET_TASKS = {"sudoku-mlp": "sudoku", "sudoku-attn": "sudoku", "maze-attn": "maze", "arc-attn": "arc",
-                "sudoku-small": "sudoku", "sudoku-tiny": "sudoku"}
+PRESET_TASKS = {
+    "sudoku-mlp": "sudoku",
+    "sudoku-attn": "sudoku",
+    "maze-attn": "maze",
+    "arc-attn": "arc",
+    "sudoku-small": "sudoku",
+    "sudoku-tiny": "sudoku",
+}
 
 
 def preset(name: str, **overrides) -> TRMConfig:

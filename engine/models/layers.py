@@ -3,6 +3,7 @@
 Weights are fp32 masters cast to the activation dtype at call time; activations run in `forward_dtype` (bf16);
 RMSNorm and RoPE compute in fp32 inside.
 """
+
 from __future__ import annotations
 
 import math

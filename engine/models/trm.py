@@ -4,6 +4,7 @@ One network f (`layers`, 2 blocks) is applied recursively to two states carried 
 z_H (the answer state y) and z_L (the latent z). One call of `step` is one supervision step:
 T-1 cycles without grad, then one with grad; each cycle is n updates z_L = f(z_L + (z_H + x)), then z_H = f(z_H + z_L).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,7 +35,9 @@ class TRM(nn.Module):
             # Zero-initialised, one row per puzzle identifier (a buffer in the official code, never EMA-averaged).
             self.puzzle_emb = nn.Parameter(torch.zeros(c.num_puzzle_identifiers, c.puzzle_emb_ndim))
         if c.pos_encodings == "learned":
-            self.embed_pos = nn.Parameter(trunc_normal_(torch.empty(c.total_len, c.hidden_size), std=1 / self.embed_scale))
+            self.embed_pos = nn.Parameter(
+                trunc_normal_(torch.empty(c.total_len, c.hidden_size), std=1 / self.embed_scale)
+            )
         self.rope = RotaryEmbedding(c.head_dim, c.total_len, c.rope_theta) if c.pos_encodings == "rope" else None
         self.layers = nn.ModuleList(Block(c) for _ in range(c.L_layers))
         self.lm_head = Linear(c.hidden_size, c.vocab_size)
@@ -78,7 +81,9 @@ class TRM(nn.Module):
             h = layer(h, self.rope)
         return h
 
-    def step(self, carry: Carry, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> tuple[Carry, torch.Tensor, torch.Tensor]:
+    def step(
+        self, carry: Carry, inputs: torch.Tensor, puzzle_ids: torch.Tensor
+    ) -> tuple[Carry, torch.Tensor, torch.Tensor]:
         """One supervision step. Returns the detached new carry, logits [B, seq_len, vocab] and q [B, 2] (fp32)."""
         c = self.config
         x = self.embed(inputs, puzzle_ids)
@@ -91,12 +96,14 @@ class TRM(nn.Module):
         for _ in range(c.L_cycles):
             z_L = self.net(z_L, z_H + x)
         z_H = self.net(z_H, z_L)
-        logits = self.lm_head(z_H)[:, c.prefix_len:]
+        logits = self.lm_head(z_H)[:, c.prefix_len :]
         q = self.q_head(z_H[:, 0]).float()
         return Carry(z_H.detach(), z_L.detach()), logits, q
 
     @torch.no_grad()
-    def rollout(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def rollout(
+        self, inputs: torch.Tensor, puzzle_ids: torch.Tensor, steps: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Deterministic TRM inference: `steps` supervision steps (default all N_sup) from the initial state.
 
         Returns the final step's logits and q logits, as the official evaluation does (TRM.md §9)."""

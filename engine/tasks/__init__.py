@@ -1,4 +1,5 @@
 """Puzzle tasks, one file per kind, looked up by name."""
+
 from engine.tasks.arc import Arc
 from engine.tasks.base import PAD, PuzzleError, Task
 from engine.tasks.maze import Maze

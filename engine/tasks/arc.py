@@ -2,6 +2,7 @@
 
 Tokens: PAD 0, EOS 1, colour k -> token k + 2 (tokens 2-11), 900 of them, row-major over a 30x30 canvas.
 """
+
 from __future__ import annotations
 
 from numbers import Integral

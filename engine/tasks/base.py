@@ -1,4 +1,5 @@
 """What every puzzle task provides: a codec (text or nested lists <-> tokens), a rule verifier, clear errors."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

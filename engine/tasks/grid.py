@@ -1,4 +1,5 @@
 """Parsing helpers shared by the fixed-size grid tasks (maze, N-Queens, ARC): rows from text or nested lists."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence, Sized
@@ -26,7 +27,7 @@ def split_text(text: str, n_rows: int, n_cols: int) -> list[str]:
         return text.split("\n")
     if len(text) != n_rows * n_cols:
         raise PuzzleError(f"expected {n_rows * n_cols} characters, got {len(text)}")
-    return [text[i:i + n_cols] for i in range(0, len(text), n_cols)]
+    return [text[i : i + n_cols] for i in range(0, len(text), n_cols)]
 
 
 def list_rows(grid: Sequence) -> list[list]:

@@ -5,6 +5,7 @@ path), PAD 0, 900 cells row-major. A puzzle holds walls, open cells, one S and o
 with one shortest S-G path marked 'o'. Mazes often have several shortest paths, so answers are judged by BFS
 distance and path validity, never by matching one label (DATA.md §3).
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -32,8 +33,9 @@ def _parse(maze: str | list, allow_path: bool) -> np.ndarray:
             if token == PATH and not allow_path:
                 raise PuzzleError(f"{cell(r, c)}: 'o' (path) is not allowed in a puzzle")
             if token is None:
-                raise PuzzleError(f"{cell(r, c)}: unexpected character {ch!r} "
-                                  f"(allowed: {', '.join(map(repr, allowed))})")
+                raise PuzzleError(
+                    f"{cell(r, c)}: unexpected character {ch!r} (allowed: {', '.join(map(repr, allowed))})"
+                )
             cells[r, c] = token
     _endpoints(cells)
     return cells
@@ -103,8 +105,10 @@ class Maze(Task):
 
     def decode(self, tokens: np.ndarray) -> list[str]:
         # PAD or out-of-range tokens (possible in a model's argmax) show as '?', which encode refuses
-        return ["".join(CHARSET[t - 1] if WALL <= t <= PATH else "?" for t in row)
-                for row in board(tokens, SIDE, SIDE).tolist()]
+        return [
+            "".join(CHARSET[t - 1] if WALL <= t <= PATH else "?" for t in row)
+            for row in board(tokens, SIDE, SIDE).tolist()
+        ]
 
     def to_text(self, tokens: np.ndarray) -> str:
         return "\n".join(self.decode(tokens))
@@ -119,8 +123,10 @@ class Maze(Task):
             return f"{cell(r, c)}: token {cells[r, c]} is not a maze cell"
         kept = np.where(given == OPEN, (cells == OPEN) | (cells == PATH), cells == given)
         for r, c in np.argwhere(~kept):
-            return (f"{cell(r, c)}: the answer has {CHARSET[cells[r, c] - 1]!r} "
-                    f"where the puzzle has {CHARSET[given[r, c] - 1]!r}")
+            return (
+                f"{cell(r, c)}: the answer has {CHARSET[cells[r, c] - 1]!r} "
+                f"where the puzzle has {CHARSET[given[r, c] - 1]!r}"
+            )
         marked, needed = int((cells == PATH).sum()), int((best == PATH).sum())
         if marked != needed:
             return f"the answer marks {marked} 'o' cells; a shortest path from S to G has {needed}"

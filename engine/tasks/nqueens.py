@@ -4,6 +4,7 @@ A puzzle is an n x n board holding some non-attacking queens; an answer is a ful
 that keeps every given one. A partial board usually has several completions, so answers are judged by the rules,
 never against one label. Tokens: PAD 0, empty 1, queen 2; n*n of them, row-major.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,9 +68,16 @@ def _queens(cells: np.ndarray) -> list[Cell]:
 def _first_attack(queens: list[Cell]) -> str | None:
     """The first pair of queens (in row-major order) that attack each other, as a sentence."""
     for i, (r1, c1) in enumerate(queens):
-        for r2, c2 in queens[i + 1:]:
-            shared = ("a row" if r1 == r2 else "a column" if c1 == c2
-                      else "a diagonal" if abs(r1 - r2) == abs(c1 - c2) else None)
+        for r2, c2 in queens[i + 1 :]:
+            shared = (
+                "a row"
+                if r1 == r2
+                else "a column"
+                if c1 == c2
+                else "a diagonal"
+                if abs(r1 - r2) == abs(c1 - c2)
+                else None
+            )
             if shared:
                 return f"queens at {cell(r1, c1)} and {cell(r2, c2)} share {shared}"
     return None

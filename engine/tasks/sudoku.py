@@ -2,6 +2,7 @@
 
 Tokens follow the official TRM encoding (TRM.md §6.1): PAD=0, blank=1, digit d -> d+1 (tokens 2-10).
 """
+
 from __future__ import annotations
 
 from numbers import Integral
@@ -26,10 +27,18 @@ def _box_cells(box: int) -> list[tuple[int, int]]:
 
 
 # The 27 units in reporting order: rows, columns, boxes, as (kind, name, cells).
-_UNITS = ([("row", f"row {i + 1}", [(i, c) for c in range(9)]) for i in range(9)]
-          + [("column", f"column {i + 1}", [(r, i) for r in range(9)]) for i in range(9)]
-          + [("box", f"box {b + 1} (rows {b // 3 * 3 + 1}-{b // 3 * 3 + 3}, columns {b % 3 * 3 + 1}-{b % 3 * 3 + 3})",
-              _box_cells(b)) for b in range(9)])
+_UNITS = (
+    [("row", f"row {i + 1}", [(i, c) for c in range(9)]) for i in range(9)]
+    + [("column", f"column {i + 1}", [(r, i) for r in range(9)]) for i in range(9)]
+    + [
+        (
+            "box",
+            f"box {b + 1} (rows {b // 3 * 3 + 1}-{b // 3 * 3 + 3}, columns {b % 3 * 3 + 1}-{b % 3 * 3 + 3})",
+            _box_cells(b),
+        )
+        for b in range(9)
+    ]
+)
 
 
 def _two_cells(kind: str, a: tuple[int, int], b: tuple[int, int]) -> str:
@@ -61,8 +70,10 @@ def _parse_text(text: str) -> np.ndarray:
         if ch in "123456789":
             grid[i // 9, i % 9] = int(ch)
         elif ch not in ".0":
-            raise PuzzleError(f"row {i // 9 + 1}, column {i % 9 + 1}: unexpected character {ch!r} "
-                              "(use 1-9 for givens, '.' or '0' for blanks)")
+            raise PuzzleError(
+                f"row {i // 9 + 1}, column {i % 9 + 1}: unexpected character {ch!r} "
+                "(use 1-9 for givens, '.' or '0' for blanks)"
+            )
     return grid
 
 
@@ -113,8 +124,8 @@ class Sudoku(Task):
         for r in range(9):
             if r in (3, 6):
                 lines.append("------+-------+------")
-            row = text[r * 9:(r + 1) * 9]
-            lines.append(" | ".join(" ".join(row[s:s + 3]) for s in (0, 3, 6)))
+            row = text[r * 9 : (r + 1) * 9]
+            lines.append(" | ".join(" ".join(row[s : s + 3]) for s in (0, 3, 6)))
         return "\n".join(lines)
 
     def check(self, puzzle: np.ndarray, answer: np.ndarray) -> str | None:
@@ -136,6 +147,7 @@ class Sudoku(Task):
         givens_ok = ((p < 2) | (p == a)).all(axis=(1, 2))
         bits = np.left_shift(1, np.clip(a - 2, 0, 8))  # one bit per digit; OR over a unit is FULL iff a permutation
         boxes = bits.reshape(-1, 3, 3, 3, 3).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 9)
-        rows_ok, cols_ok, boxes_ok = ((np.bitwise_or.reduce(g, axis=2) == FULL).all(axis=1)
-                                      for g in (bits, bits.transpose(0, 2, 1), boxes))
+        rows_ok, cols_ok, boxes_ok = (
+            (np.bitwise_or.reduce(g, axis=2) == FULL).all(axis=1) for g in (bits, bits.transpose(0, 2, 1), boxes)
+        )
         return digit_ok & givens_ok & rows_ok & cols_ok & boxes_ok

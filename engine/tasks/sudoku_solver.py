@@ -4,6 +4,7 @@ Convention: puzzles go in and solutions come out as token arrays [81] in the cod
 (`Sudoku.encode`: blank=1, digit d -> d+1), so `solve(task.encode(text))` round-trips through `task.to_text`.
 Inside the search a cell holds the bit of its digit (digit d -> 1 << (d-1)), 0 when empty.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -151,8 +152,9 @@ def search(puzzle: np.ndarray, limit: int = 1, rng: np.random.Generator | None =
     """Search `puzzle` (tokens [81]) for up to `limit` solutions; with `rng`, branch on candidates in random order."""
     tokens = np.asarray(puzzle)
     if tokens.shape != (81,) or tokens.dtype.kind not in "iu" or tokens.min() < 1 or tokens.max() > 10:
-        raise ValueError("the solver takes Sudoku tokens [81] with values 1-10 (blank=1, digit d -> d+1), "
-                         "as from Sudoku.encode")
+        raise ValueError(
+            "the solver takes Sudoku tokens [81] with values 1-10 (blank=1, digit d -> d+1), as from Sudoku.encode"
+        )
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     seed = 0 if rng is None else int(rng.integers(1, 2**62))

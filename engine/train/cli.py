@@ -1,9 +1,10 @@
 """`engine-train`: train a TRM checkpoint (runs under torchrun for data-parallel training).
 
-    engine-train --preset cpu-small --puzzles P.txt --solutions P.sol --dev-size 2000 --out runs/sudoku
-    engine-train --out runs/sudoku --resume           # continue a killed run from its last save
-    torchrun --nproc_per_node 2 -m engine.train.cli --preset tiny --generate 2000 --out runs/ddp
+engine-train --preset cpu-small --puzzles P.txt --solutions P.sol --dev-size 2000 --out runs/sudoku
+engine-train --out runs/sudoku --resume           # continue a killed run from its last save
+torchrun --nproc_per_node 2 -m engine.train.cli --preset tiny --generate 2000 --out runs/ddp
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +23,35 @@ from engine.train.trainer import Dist, Trainer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="engine-train", description="Train a TRM checkpoint with the paper's recipe.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        prog="engine-train",
+        description="Train a TRM checkpoint with the paper's recipe.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     p.add_argument("--task", default="sudoku", choices=["sudoku"], help="puzzle task (Sudoku for now)")
     p.add_argument("--arch", default="trm", choices=["trm"])
     p.add_argument("--preset", default="cpu-small", choices=list(PRESETS), help="recipe and model size")
-    p.add_argument("--out", required=True, help="run directory: train_state/ (resumable), checkpoint/ (EMA weights), log.jsonl")
+    p.add_argument(
+        "--out", required=True, help="run directory: train_state/ (resumable), checkpoint/ (EMA weights), log.jsonl"
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state with its saved settings")
-    data = p.add_argument_group("data (sources are concatenated; the held-out split is the last --dev-size of the first)")
+    data = p.add_argument_group(
+        "data (sources are concatenated; the held-out split is the last --dev-size of the first)"
+    )
     data.add_argument("--puzzles", help="file of 81-char puzzles ('.' blanks, '#' comments)")
     data.add_argument("--solutions", help="parallel file of 81-digit solutions")
     data.add_argument("--csv", help="Sudoku-Extreme CSV (source,question,answer,rating)")
     data.add_argument("--hf", action="store_true", help="download Sudoku-Extreme train.csv from the Hugging Face hub")
-    data.add_argument("--generate", type=int, metavar="N", help="N puzzles from the built-in generator (unique solutions)")
-    data.add_argument("--clues", type=int, nargs=2, default=(22, 30), metavar=("MIN", "MAX"), help="clue range for --generate")
-    data.add_argument("--dev-size", type=int, default=2000, help="held-out puzzles taken from the end of the first source")
+    data.add_argument(
+        "--generate", type=int, metavar="N", help="N puzzles from the built-in generator (unique solutions)"
+    )
+    data.add_argument(
+        "--clues", type=int, nargs=2, default=(22, 30), metavar=("MIN", "MAX"), help="clue range for --generate"
+    )
+    data.add_argument(
+        "--dev-size", type=int, default=2000, help="held-out puzzles taken from the end of the first source"
+    )
     data.add_argument("--eval-puzzles", help="held-out puzzles file instead (with --eval-solutions)")
     data.add_argument("--eval-solutions")
     ov = p.add_argument_group("recipe overrides (ablations)")
@@ -74,7 +89,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, **model})
 
 
-def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def load_data(
+    args: argparse.Namespace, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     sources = []
     if args.puzzles or args.solutions:
         if not (args.puzzles and args.solutions):
@@ -93,9 +110,11 @@ def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple[np.ndarray, np
     else:
         first = sources[0]
         if len(first[0]) <= args.dev_size:
-            raise SystemExit(f"engine-train: the first source has {len(first[0])} puzzles, not more than --dev-size {args.dev_size}")
-        dev = (first[0][-args.dev_size:], first[1][-args.dev_size:])
-        sources[0] = (first[0][:-args.dev_size], first[1][:-args.dev_size])
+            raise SystemExit(
+                f"engine-train: the first source has {len(first[0])} puzzles, not more than --dev-size {args.dev_size}"
+            )
+        dev = (first[0][-args.dev_size :], first[1][-args.dev_size :])
+        sources[0] = (first[0][: -args.dev_size], first[1][: -args.dev_size])
     train = tuple(np.concatenate(parts) for parts in zip(*sources))
     return train, dev
 
@@ -115,13 +134,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         trainer.resume()
     if ddp.is_main:
-        print(f"engine-train: {len(train[0]):,} training puzzles, {len(dev[0]):,} held out; {cfg.model_preset} "
-              f"{dict(cfg.model_overrides)}; {cfg.steps} steps of {cfg.global_batch_size} rows on {ddp.world} x {device}"
-              + (f"; resumed at step {trainer.step}" if args.resume else ""))
+        print(
+            f"engine-train: {len(train[0]):,} training puzzles, {len(dev[0]):,} held out; {cfg.model_preset} "
+            f"{dict(cfg.model_overrides)}; {cfg.steps} steps of {cfg.global_batch_size} rows on {ddp.world} x {device}"
+            + (f"; resumed at step {trainer.step}" if args.resume else "")
+        )
     summary = trainer.fit()
     if ddp.is_main:
-        print(f"engine-train: done at step {summary['step']} in {summary['wall_seconds']:.0f} s; "
-              f"held-out exact accuracy {summary['last_eval']['exact_accuracy']:.4f}; checkpoint {Path(args.out) / 'checkpoint'}")
+        print(
+            f"engine-train: done at step {summary['step']} in {summary['wall_seconds']:.0f} s; "
+            f"held-out exact accuracy {summary['last_eval']['exact_accuracy']:.4f}; "
+            f"checkpoint {Path(args.out) / 'checkpoint'}"
+        )
     if ddp.world > 1:
         dist.destroy_process_group()
 

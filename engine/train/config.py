@@ -1,4 +1,5 @@
 """Training configuration and named presets (TRM.md §8.5, §10.1)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,12 +42,31 @@ PRESETS: dict[str, dict] = {
     # The paper's Sudoku-MLP recipe: 1 GPU (L40S) for < 36 h.
     "paper": dict(model_preset="sudoku-mlp"),
     # What 2 CPU cores can train in about an hour: a narrower net, fewer recursions, a shorter warm-up, a higher LR.
-    "cpu-small": dict(model_preset="sudoku-small", global_batch_size=64, steps=6000, lr=1e-3, puzzle_emb_lr=1e-3,
-                      warmup_steps=100, weight_decay=0.1, puzzle_emb_weight_decay=0.1, eval_every=1000,
-                      eval_limit=500, save_every=100),
+    "cpu-small": dict(
+        model_preset="sudoku-small",
+        global_batch_size=64,
+        steps=6000,
+        lr=1e-3,
+        puzzle_emb_lr=1e-3,
+        warmup_steps=100,
+        weight_decay=0.1,
+        puzzle_emb_weight_decay=0.1,
+        eval_every=1000,
+        eval_limit=500,
+        save_every=100,
+    ),
     # Seconds-long runs for tests and smoke checks.
-    "tiny": dict(model_preset="sudoku-tiny", global_batch_size=16, steps=20, lr=1e-3, puzzle_emb_lr=1e-3,
-                 warmup_steps=5, eval_every=10, eval_limit=32, save_every=5),
+    "tiny": dict(
+        model_preset="sudoku-tiny",
+        global_batch_size=16,
+        steps=20,
+        lr=1e-3,
+        puzzle_emb_lr=1e-3,
+        warmup_steps=5,
+        eval_every=10,
+        eval_limit=32,
+        save_every=5,
+    ),
 }
 
 

@@ -2,6 +2,7 @@
 
 Every array holds codec tokens (TRM.md §6.1): blank=1, digit d -> d+1; inputs and labels are uint8 [N, 81].
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,7 +20,7 @@ TASK = Sudoku()
 _BAD = 255
 _TOKEN = np.full(256, _BAD, np.uint8)  # byte -> token lookup, so parsing is one fancy-index over the whole file
 _TOKEN[ord(".")] = _TOKEN[ord("0")] = BLANK
-_TOKEN[ord("1"):ord("9") + 1] = np.arange(2, 11)
+_TOKEN[ord("1") : ord("9") + 1] = np.arange(2, 11)
 
 
 def _tokens(lines: list[bytes], where: Callable[[int], str]) -> np.ndarray:
@@ -50,8 +51,9 @@ def _lines(path: Path) -> tuple[list[bytes], np.ndarray]:
     return [raw[i] for i in keep], np.array(keep, np.int64) + 1
 
 
-def read_puzzle_files(puzzles: str | Path, solutions: str | Path, start: int = 0,
-                      stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_puzzle_files(
+    puzzles: str | Path, solutions: str | Path, start: int = 0, stop: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """A puzzle file and its parallel solution file (shared/data/sudoku/README.md §3) -> (inputs, labels).
 
     `start`/`stop` slice the puzzle lines like a Python slice; the fixed dev split is `start=-2000` (README §6).
@@ -93,8 +95,11 @@ def download_sudoku_extreme(split: str = "train", cache_dir: str | Path | None =
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise ImportError("downloading Sudoku-Extreme needs huggingface_hub: pip install huggingface_hub") from None
-    return Path(hf_hub_download(repo_id="sapientinc/sudoku-extreme", filename=f"{split}.csv",
-                                repo_type="dataset", cache_dir=cache_dir))
+    return Path(
+        hf_hub_download(
+            repo_id="sapientinc/sudoku-extreme", filename=f"{split}.csv", repo_type="dataset", cache_dir=cache_dir
+        )
+    )
 
 
 def _line_perm(keys: np.ndarray) -> np.ndarray:
@@ -132,8 +137,9 @@ def random_grids(n: int, rng: np.random.Generator) -> np.ndarray:
     return augment(grids, grids, rng)[1]
 
 
-def generate_puzzles(n: int, rng: np.random.Generator, clues: tuple[int, int] = (22, 30),
-                     min_guesses: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def generate_puzzles(
+    n: int, rng: np.random.Generator, clues: tuple[int, int] = (22, 30), min_guesses: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """`n` uniquely solvable puzzles with their solutions: (inputs, labels) uint8 [n, 81].
 
     From a random grid, cells are blanked in random order, skipping any whose removal makes the solution ambiguous,
@@ -180,8 +186,10 @@ class SampleStream:
     def __init__(self, inputs: np.ndarray, labels: np.ndarray, seed: int, augment: bool = True):
         self.inputs, self.labels = np.asarray(inputs, np.uint8), np.asarray(labels, np.uint8)
         if self.inputs.shape != self.labels.shape or self.inputs.shape[1:] != (81,) or not len(self.inputs):
-            raise ValueError(f"inputs {self.inputs.shape} and labels {self.labels.shape} must both be non-empty "
-                             "[N, 81] Sudoku token arrays")
+            raise ValueError(
+                f"inputs {self.inputs.shape} and labels {self.labels.shape} must both be non-empty "
+                "[N, 81] Sudoku token arrays"
+            )
         self.seed, self.augment = seed, augment
         self.epoch = self.position = self.samples_seen = 0
         self._rng = np.random.default_rng([seed, 1])
@@ -200,7 +208,7 @@ class SampleStream:
         parts, need = [], n
         while need:
             take = min(need, len(self._order) - self.position)
-            parts.append(self._order[self.position:self.position + take])
+            parts.append(self._order[self.position : self.position + take])
             self.position, need = self.position + take, need - take
             if self.position == len(self._order):
                 self.epoch, self.position = self.epoch + 1, 0
@@ -212,13 +220,21 @@ class SampleStream:
 
     def state_dict(self) -> dict:
         """JSON-serialisable position of the stream; `load_state_dict` resumes it exactly."""
-        return {"seed": self.seed, "size": len(self.inputs), "epoch": self.epoch, "position": self.position,
-                "samples_seen": self.samples_seen, "augment_rng": self._rng.bit_generator.state}
+        return {
+            "seed": self.seed,
+            "size": len(self.inputs),
+            "epoch": self.epoch,
+            "position": self.position,
+            "samples_seen": self.samples_seen,
+            "augment_rng": self._rng.bit_generator.state,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if (state["seed"], state["size"]) != (self.seed, len(self.inputs)):
-            raise ValueError(f"state is for seed {state['seed']} over {state['size']} samples, "
-                             f"but this stream has seed {self.seed} over {len(self.inputs)}")
+            raise ValueError(
+                f"state is for seed {state['seed']} over {state['size']} samples, "
+                f"but this stream has seed {self.seed} over {len(self.inputs)}"
+            )
         self.epoch, self.position, self.samples_seen = state["epoch"], state["position"], state["samples_seen"]
         self._rng.bit_generator.state = state["augment_rng"]
         self._order = self._permutation()
@@ -237,7 +253,9 @@ def write_puzzle_files(prefix: str | Path, inputs: np.ndarray, labels: np.ndarra
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m engine.train.data", description="Write generated Sudoku puzzles and solutions.")
+    p = argparse.ArgumentParser(
+        prog="python -m engine.train.data", description="Write generated Sudoku puzzles and solutions."
+    )
     p.add_argument("prefix", help="writes PREFIX.txt and PREFIX.sol")
     p.add_argument("-n", type=int, default=1000)
     p.add_argument("--clues", type=int, nargs=2, default=(22, 30), metavar=("MIN", "MAX"))

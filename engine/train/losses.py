@@ -1,4 +1,5 @@
 """TRM training losses (TRM.md §8.1): stablemax cross-entropy and the ACT loss head."""
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,10 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, kind: str = 
     raise ValueError(f"unknown loss {kind!r} (stablemax or softmax)")
 
 
-def act_loss(logits: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, kind: str = "stablemax") -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed loss of one supervision step over all rows: per-sequence mean token CE + 0.5 * BCE(q_halt, whole grid correct).
+def act_loss(
+    logits: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, kind: str = "stablemax"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss of one supervision step over all rows: per-sequence mean token CE + 0.5 * BCE(q_halt, grid correct).
 
     Returns (loss, seq_is_correct). Every Sudoku cell is supervised, so there is no ignore mask; the caller divides
     by the global batch size. q_continue is unused (the official `no_ACT_continue=True`)."""

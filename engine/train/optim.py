@@ -1,4 +1,5 @@
 """Optimisers, schedule and EMA of the TRM recipe (TRM.md §8.2-8.4), in plain torch."""
+
 from __future__ import annotations
 
 import math

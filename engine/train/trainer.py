@@ -6,6 +6,7 @@ state — weights, EMA, optimizer moments, carries, data position and RNG stream
 run resumes exactly where its last save left it. Under torchrun every rank holds global_batch / world rows and
 gradients are summed across ranks, which keeps the replicas identical.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,6 +33,7 @@ from engine.train.optim import EMA, AdamATan2, SignSGD, lr_at
 @dataclass(frozen=True)
 class Dist:
     """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
     rank: int = 0
     world: int = 1
     device: str = "cpu"  # where collectives run: nccl reduces device tensors only
@@ -58,13 +60,22 @@ class Dist:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, task: str, train: tuple[np.ndarray, np.ndarray], dev: tuple[np.ndarray, np.ndarray],
-                 out: str | Path, device: str = "cpu", ddp: Dist = Dist()):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        task: str,
+        train: tuple[np.ndarray, np.ndarray],
+        dev: tuple[np.ndarray, np.ndarray],
+        out: str | Path,
+        device: str = "cpu",
+        ddp: Dist = Dist(),
+    ):
         if cfg.global_batch_size % ddp.world:
             raise ValueError(f"global batch {cfg.global_batch_size} does not split over {ddp.world} ranks")
         self.cfg, self.task, self.dev, self.out, self.device, self.ddp = cfg, task, dev, Path(out), device, ddp
         torch.manual_seed(cfg.seed)
-        # bf16 is the official compute dtype; CPUs without native bf16 train ~10x faster in float32 (benchmarks/).
+        # bf16 is the official compute dtype; CPUs without native bf16 run an order of magnitude faster in float32
+        # (benchmarks/RESULTS.md).
         dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
         self.model = TRM(preset(cfg.model_preset, **{**cfg.model_overrides, "forward_dtype": dtype})).to(device)
         if ddp.world > 1:  # identical replicas, whatever each rank's init RNG did
@@ -72,7 +83,11 @@ class Trainer:
                 dist.broadcast(t, src=0)
         named = dict(self.model.named_parameters())
         self.opt = AdamATan2([p for n, p in named.items() if n != "puzzle_emb"], cfg.lr, cfg.betas, cfg.weight_decay)
-        self.emb_opt = SignSGD([named["puzzle_emb"]], cfg.puzzle_emb_lr, cfg.puzzle_emb_weight_decay) if "puzzle_emb" in named else None
+        self.emb_opt = (
+            SignSGD([named["puzzle_emb"]], cfg.puzzle_emb_lr, cfg.puzzle_emb_weight_decay)
+            if "puzzle_emb" in named
+            else None
+        )
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
 
         B, L = cfg.global_batch_size // ddp.world, self.model.config.seq_len
@@ -109,7 +124,9 @@ class Trainer:
         self._set_lr(self.opt, lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_min_ratio))
         self.opt.step()
         if self.emb_opt:
-            self._set_lr(self.emb_opt, lr_at(self.step, cfg.puzzle_emb_lr, cfg.warmup_steps, cfg.steps, cfg.lr_min_ratio))
+            self._set_lr(
+                self.emb_opt, lr_at(self.step, cfg.puzzle_emb_lr, cfg.warmup_steps, cfg.steps, cfg.lr_min_ratio)
+            )
             self.emb_opt.step()
         model.zero_grad(set_to_none=True)
         if self.ema:
@@ -122,7 +139,13 @@ class Trainer:
             explore = torch.rand(len(h), generator=self.explore) < model.config.halt_exploration_prob
             min_steps = explore * torch.randint(2, model.config.halt_max_steps + 1, (len(h),), generator=self.explore)
             self.halted = done = halted & (self.steps >= min_steps.to(self.device))
-            stats = [done.sum(), (done & correct).sum(), (done & ((q_halt >= 0) == correct)).sum(), self.steps[done].sum(), loss]
+            stats = [
+                done.sum(),
+                (done & correct).sum(),
+                (done & ((q_halt >= 0) == correct)).sum(),
+                self.steps[done].sum(),
+                loss,
+            ]
             return torch.stack([s.double() for s in stats]).cpu()
 
     def fit(self, log_every: int = 10) -> dict:
@@ -131,11 +154,18 @@ class Trainer:
         log_path = self.out / "log.jsonl"
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            kept = [line for line in (log_path.read_text().splitlines() if log_path.exists() else [])
-                    if json.loads(line)["step"] <= self.step]  # drop what a killed run logged after its last save
+            kept = [
+                line
+                for line in (log_path.read_text().splitlines() if log_path.exists() else [])
+                if json.loads(line)["step"] <= self.step
+            ]  # drop what a killed run logged after its last save
             log_path.write_text("".join(line + "\n" for line in kept))
         bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=not main)
-        sums, start, mark = torch.zeros(5, dtype=torch.float64), time.perf_counter() - self.elapsed, (self.step, time.perf_counter())
+        sums, start, mark = (
+            torch.zeros(5, dtype=torch.float64),
+            time.perf_counter() - self.elapsed,
+            (self.step, time.perf_counter()),
+        )
         while self.step < cfg.steps:
             sums += self.train_step()
             self.elapsed = time.perf_counter() - start
@@ -144,16 +174,27 @@ class Trainer:
             if self.step % log_every == 0 or self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 count, exact, q_ok, steps, loss = self.ddp.all_reduce(sums).tolist()
                 rows_s = (self.step - mark[0]) * cfg.global_batch_size / (time.perf_counter() - mark[1])
-                entry = {"loss": loss / ((self.step - mark[0]) * cfg.global_batch_size), "exact_accuracy": exact / max(count, 1),
-                         "q_halt_accuracy": q_ok / max(count, 1), "mean_steps": steps / max(count, 1), "rows_per_second": rows_s,
-                         "lr": self.opt.param_groups[0]["lr"]}
-                bar.set_postfix(loss=f"{entry['loss']:.3f}", exact=f"{entry['exact_accuracy']:.3f}", rows_s=f"{rows_s:.0f}")
+                entry = {
+                    "loss": loss / ((self.step - mark[0]) * cfg.global_batch_size),
+                    "rows_per_second": rows_s,
+                    "lr": self.opt.param_groups[0]["lr"],
+                    "halted": int(count),
+                }
+                if count:  # accuracy over the rows that halted in this window, as the official train metrics
+                    entry.update(exact_accuracy=exact / count, q_halt_accuracy=q_ok / count, mean_steps=steps / count)
+                bar.set_postfix(
+                    loss=f"{entry['loss']:.3f}",
+                    exact=f"{entry.get('exact_accuracy', float('nan')):.3f}",
+                    rows_s=f"{rows_s:.0f}",
+                )
                 sums.zero_()
                 mark = (self.step, time.perf_counter())
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 self.last_eval = entry["eval"] = self.evaluate()
-                bar.write(f"step {self.step}: held-out exact accuracy {self.last_eval['exact_accuracy']:.4f} "
-                          f"(cells {self.last_eval['cell_accuracy']:.4f}, n={self.last_eval['n']})")
+                bar.write(
+                    f"step {self.step}: held-out exact accuracy {self.last_eval['exact_accuracy']:.4f} "
+                    f"(cells {self.last_eval['cell_accuracy']:.4f}, n={self.last_eval['n']})"
+                )
             if entry and main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": self.step, "elapsed": round(self.elapsed, 2), **entry}) + "\n")
@@ -181,16 +222,28 @@ class Trainer:
         """Exact and cell accuracy of all N_sup steps on the held-out split, sharded over ranks."""
         inputs, labels = self.dev
         limit = self.cfg.eval_limit or len(inputs)
-        inputs, labels = inputs[:limit][self.ddp.rank::self.ddp.world], labels[:limit][self.ddp.rank::self.ddp.world]
+        inputs, labels = (
+            inputs[:limit][self.ddp.rank :: self.ddp.world],
+            labels[:limit][self.ddp.rank :: self.ddp.world],
+        )
         answers, _ = predict(self.eval_model(), inputs.astype(np.int64), 256, None, self.device, progress=False)
-        sums = torch.tensor([len(answers), (answers == labels).all(1).sum(), (answers == labels).mean(1).sum()], dtype=torch.float64)
+        sums = torch.tensor(
+            [len(answers), (answers == labels).all(1).sum(), (answers == labels).mean(1).sum()], dtype=torch.float64
+        )
         n, exact, cells = self.ddp.all_reduce(sums).tolist()
         return {"n": int(n), "exact_accuracy": exact / max(n, 1), "cell_accuracy": cells / max(n, 1)}
 
     def save(self) -> None:
         """Write the resumable train state and the EMA checkpoint, each atomically (rank 0 writes; all ranks send)."""
-        per_rank = {"z_H": self.carry.z_H, "z_L": self.carry.z_L, "inputs": self.inputs, "labels": self.labels,
-                    "steps": self.steps, "halted": self.halted.to(torch.uint8), "explore_rng": self.explore.get_state()}
+        per_rank = {
+            "z_H": self.carry.z_H,
+            "z_L": self.carry.z_L,
+            "inputs": self.inputs,
+            "labels": self.labels,
+            "steps": self.steps,
+            "halted": self.halted.to(torch.uint8),
+            "explore_rng": self.explore.get_state(),
+        }
         gathered = {k: self.ddp.all_gather(v) for k, v in per_rank.items()}
         streams = [None] * self.ddp.world
         if self.ddp.world > 1:
@@ -206,8 +259,14 @@ class Trainer:
         for opt_name, opt in (("opt", self.opt), ("emb_opt", self.emb_opt)):
             for i, p in enumerate(self.params_of(opt)):
                 tensors.update({f"{opt_name}.{i}.{k}": v for k, v in opt.state.get(p, {}).items()})
-        meta = {"step": self.step, "elapsed": self.elapsed, "world": self.ddp.world, "streams": streams,
-                "last_eval": self.last_eval, "config": self.cfg.to_dict()}
+        meta = {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "world": self.ddp.world,
+            "streams": streams,
+            "last_eval": self.last_eval,
+            "config": self.cfg.to_dict(),
+        }
         with atomic_directory(self.out / "train_state") as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "state.safetensors")
             (tmp / "state.json").write_text(json.dumps(meta))
@@ -220,7 +279,9 @@ class Trainer:
             return False
         meta = json.loads((path / "state.json").read_text())
         if meta["world"] != self.ddp.world:
-            raise ValueError(f"{path} was written by {meta['world']} ranks; resume with the same number (got {self.ddp.world})")
+            raise ValueError(
+                f"{path} was written by {meta['world']} ranks; resume with the same number (got {self.ddp.world})"
+            )
         tensors = load_file(path / "state.safetensors", device=str(self.device))
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if self.ema:
@@ -244,5 +305,12 @@ class Trainer:
         return [p for g in opt.param_groups for p in g["params"]] if opt else []
 
     def summary(self) -> dict:
-        return {"step": self.step, "wall_seconds": round(self.elapsed, 1), "world_size": self.ddp.world, "device": str(self.device),
-                "samples_seen": self.stream.samples_seen * self.ddp.world, "last_eval": self.last_eval, "config": self.cfg.to_dict()}
+        return {
+            "step": self.step,
+            "wall_seconds": round(self.elapsed, 1),
+            "world_size": self.ddp.world,
+            "device": str(self.device),
+            "samples_seen": self.stream.samples_seen * self.ddp.world,
+            "last_eval": self.last_eval,
+            "config": self.cfg.to_dict(),
+        }
