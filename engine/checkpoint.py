@@ -240,8 +240,28 @@ def load_official(
     except ValueError as e:
         raise CheckpointError(f"{src}: {e}") from None
     load_weights(model, tensors, source=str(src))
-    source = {"converted_from": src.name, "official_config": str(yaml_path.name) if full else None}
+    source = {"converted_from": src.name, "official_config": yaml_path.name if full else None}
     return model.eval(), task, source
+
+
+def fetch_from_hub(src: str) -> Path:
+    """`hf://OWNER/REPO/PATH/step_N` -> the local path of the step file downloaded from the Hugging Face hub, with
+    the repository's `all_config.yaml` beside it when there is one (e.g. hf://Sanjin2024/TinyRecursiveModels-...)."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError:
+        raise CheckpointError("hf:// sources need huggingface_hub: pip install huggingface_hub") from None
+    parts = src.removeprefix("hf://").split("/")
+    if len(parts) < 3 or not all(parts):
+        raise CheckpointError(f"expected hf://OWNER/REPO/PATH/step_N, got {src!r}")
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    path = Path(hf_hub_download(repo_id=repo, filename=filename))
+    try:  # the hub's cache mirrors the repository layout, so this lands beside the step file
+        hf_hub_download(repo_id=repo, filename="/".join([*parts[2:-1], "all_config.yaml"]))
+    except EntryNotFoundError:
+        pass
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="engine-convert", description="Convert an official TRM step_N checkpoint into a checkpoint directory."
     )
     p.add_argument(
-        "src", help="official checkpoint file (e.g. step_65100); all_config.yaml beside it is read if present"
+        "src",
+        help="official checkpoint file (e.g. step_65100), or hf://OWNER/REPO/PATH/step_N on the Hugging Face hub; "
+        "all_config.yaml beside it is read if present",
     )
     p.add_argument("dst", help="output checkpoint directory")
     p.add_argument(
@@ -266,7 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k not in ("src", "dst", "task") and v is not None}
     try:
-        model, task, source = load_official(args.src, args.task, flags)
+        src = fetch_from_hub(args.src) if args.src.startswith("hf://") else args.src
+        model, task, source = load_official(src, args.task, flags)
     except CheckpointError as e:
         raise SystemExit(f"engine-convert: {e}") from None
     out = save_checkpoint(args.dst, model, task, meta={"source": source})

@@ -11,7 +11,6 @@ import torch
 
 from engine.checkpoint import save_checkpoint
 from engine.models import PRESETS, TRM, preset
-from engine.models.config import PRESET_TASKS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,5 +22,5 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     model = TRM(preset(args.preset))
     meta = {"training": {"status": "untrained", "preset": args.preset, "seed": args.seed}}
-    out = save_checkpoint(args.dst, model, PRESET_TASKS[args.preset], meta=meta)
+    out = save_checkpoint(args.dst, model, args.preset.split("-")[0], meta=meta)
     print(f"wrote {out}: untrained {args.preset} ({sum(p.numel() for p in model.parameters()):,} parameters)")

@@ -1,4 +1,6 @@
 import json
+import sys
+import types
 
 import pytest
 import torch
@@ -172,3 +174,33 @@ def test_convert_refuses_non_trm_files(tmp_path):
     torch.save({"a": [1, 2]}, tmp_path / "step_2")
     with pytest.raises(SystemExit, match="does not hold a state dict of tensors"):
         convert([str(tmp_path / "step_2"), str(tmp_path / "out")])
+
+
+def test_convert_from_the_hub_downloads_step_and_config(tmp_path, monkeypatch):
+    """The hub is unreachable here: a fake huggingface_hub serves a local repository through the real code path."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    torch.save(official_state_dict(SUDOKU_MLP, "_orig_mod.model.inner."), repo / "step_5")
+    arch = {"H_cycles": 1, "L_cycles": 1, "pos_encodings": "none", "mlp_t": True}
+    (repo / "all_config.yaml").write_text(yaml.safe_dump({"arch": arch, "data_paths": ["data/sudoku-extreme"]}))
+
+    class EntryNotFoundError(Exception):
+        pass
+
+    calls = []
+
+    def hf_hub_download(repo_id, filename):
+        calls.append((repo_id, filename))
+        if not (repo / filename).exists():
+            raise EntryNotFoundError(filename)
+        return str(repo / filename)
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=hf_hub_download))
+    errors = types.SimpleNamespace(EntryNotFoundError=EntryNotFoundError)
+    monkeypatch.setitem(sys.modules, "huggingface_hub.errors", errors)
+    convert(["hf://someone/sudoku-mlp/step_5", str(tmp_path / "out")])
+    assert calls == [("someone/sudoku-mlp", "step_5"), ("someone/sudoku-mlp", "all_config.yaml")]
+    ckpt = load_checkpoint(tmp_path / "out")
+    assert ckpt.task == "sudoku" and ckpt.config.H_cycles == 1 and ckpt.config.L_cycles == 1
+    with pytest.raises(SystemExit, match="expected hf://OWNER/REPO/PATH/step_N"):
+        convert(["hf://someone/step_5", str(tmp_path / "out2")])

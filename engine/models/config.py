@@ -92,7 +92,7 @@ def _require(ok: bool, message: str) -> None:
 
 _PAPER = dict(hidden_size=512, num_heads=8, expansion=4.0, L_layers=2, H_cycles=3, halt_max_steps=16)
 
-# Paper configurations (TRM.md §10.1) plus a tiny one for tests and CPU experiments.
+# Paper configurations (TRM.md §10.1) plus small ones for CPU training and tests; names start with the task.
 PRESETS: dict[str, dict] = {
     "sudoku-mlp": dict(_PAPER, seq_len=81, vocab_size=11, L_cycles=6, mlp_t=True, pos_encodings="none"),
     "sudoku-attn": dict(_PAPER, seq_len=81, vocab_size=11, L_cycles=6, pos_encodings="rope"),
@@ -126,15 +126,6 @@ PRESETS: dict[str, dict] = {
         mlp_t=True,
         pos_encodings="none",
     ),
-}
-
-PRESET_TASKS = {
-    "sudoku-mlp": "sudoku",
-    "sudoku-attn": "sudoku",
-    "maze-attn": "maze",
-    "arc-attn": "arc",
-    "sudoku-small": "sudoku",
-    "sudoku-tiny": "sudoku",
 }
 
 
