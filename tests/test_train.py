@@ -173,6 +173,8 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert [step for step, _, _ in log("killed")] == [4, 6, 8, 10, 12]
     ckpt = load_checkpoint(tmp_path / "killed" / "checkpoint")
     assert ckpt.meta["training"]["step"] == 12 and ckpt.meta["training"]["last_eval"]["n"] == 20
+    data = ckpt.meta["training"]["data"]
+    assert data.startswith("train: 150 generated puzzles (clues 22-30, seed 0); held out: the last 20 of")
 
 
 def test_cli_refuses_to_overwrite_or_resume_nothing(tmp_path):

@@ -89,24 +89,28 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, **model})
 
 
-def load_data(
-    args: argparse.Namespace, seed: int
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    sources = []
+def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple, tuple, str]:
+    """(train inputs, labels), (held-out inputs, labels), and a one-line description for the checkpoint."""
+    sources, names = [], []
     if args.puzzles or args.solutions:
         if not (args.puzzles and args.solutions):
             raise SystemExit("engine-train: --puzzles and --solutions go together")
         sources.append(read_puzzle_files(args.puzzles, args.solutions))
+        names.append(f"{Path(args.puzzles).name} + {Path(args.solutions).name}")
     if args.csv:
         sources.append(read_sudoku_extreme_csv(args.csv))
+        names.append(Path(args.csv).name)
     if args.hf:
         sources.append(read_sudoku_extreme_csv(download_sudoku_extreme("train")))
+        names.append("sapientinc/sudoku-extreme train.csv")
     if args.generate:
         sources.append(generate_puzzles(args.generate, np.random.default_rng(seed), clues=tuple(args.clues)))
+        names.append(f"{args.generate} generated puzzles (clues {args.clues[0]}-{args.clues[1]}, seed {seed})")
     if not sources:
         raise SystemExit("engine-train: no training data: give --puzzles/--solutions, --csv, --hf or --generate")
     if args.eval_puzzles:
         dev = read_puzzle_files(args.eval_puzzles, args.eval_solutions)
+        held_out = Path(args.eval_puzzles).name
     else:
         first = sources[0]
         if len(first[0]) <= args.dev_size:
@@ -115,8 +119,9 @@ def load_data(
             )
         dev = (first[0][-args.dev_size :], first[1][-args.dev_size :])
         sources[0] = (first[0][: -args.dev_size], first[1][: -args.dev_size])
+        held_out = f"the last {args.dev_size} of {names[0]}"
     train = tuple(np.concatenate(parts) for parts in zip(*sources))
-    return train, dev
+    return train, dev, f"train: {'; '.join(names)}; held out: {held_out}; augmented on the fly"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         ddp = Dist(dist.get_rank(), dist.get_world_size(), device)
     cfg = build_config(args)
-    train, dev = load_data(args, cfg.seed)
-    trainer = Trainer(cfg, args.task, train, dev, args.out, device, ddp)
+    train, dev, data = load_data(args, cfg.seed)
+    trainer = Trainer(cfg, args.task, train, dev, args.out, device, ddp, data)
     if args.resume:
         trainer.resume()
     if ddp.is_main:

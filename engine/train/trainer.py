@@ -69,10 +69,12 @@ class Trainer:
         out: str | Path,
         device: str = "cpu",
         ddp: Dist = Dist(),
+        data: str = "",
     ):
         if cfg.global_batch_size % ddp.world:
             raise ValueError(f"global batch {cfg.global_batch_size} does not split over {ddp.world} ranks")
         self.cfg, self.task, self.dev, self.out, self.device, self.ddp = cfg, task, dev, Path(out), device, ddp
+        self.data = data  # where the samples came from, for the checkpoint's training summary
         torch.manual_seed(cfg.seed)
         # bf16 is the official compute dtype; CPUs without native bf16 run an order of magnitude faster in float32
         # (benchmarks/RESULTS.md).
@@ -311,6 +313,7 @@ class Trainer:
             "world_size": self.ddp.world,
             "device": str(self.device),
             "samples_seen": self.stream.samples_seen * self.ddp.world,
+            "data": self.data,
             "last_eval": self.last_eval,
             "config": self.cfg.to_dict(),
         }
