@@ -121,31 +121,14 @@ cli.main(sys.argv[1:])
 """
 
 
+# A seconds-long training run on generated puzzles, shared by the subprocess tests.
+TINY_RUN = "--preset tiny --generate 150 --dev-size 20".split()
+
+
 def run_train(out, *extra, kill_at=-1):
-    args = [
-        "--preset",
-        "tiny",
-        "--generate",
-        "150",
-        "--dev-size",
-        "20",
-        "--steps",
-        "12",
-        "--save-every",
-        "4",
-        "--eval-every",
-        "6",
-        "--out",
-        str(out),
-        *extra,
-    ]
-    return subprocess.run(
-        [sys.executable, "-c", KILLABLE, *args],
-        env={**os.environ, "KILL_AT": str(kill_at)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = [*TINY_RUN, *"--steps 12 --save-every 4 --eval-every 6".split(), "--out", str(out), *extra]
+    env = {**os.environ, "KILL_AT": str(kill_at)}
+    return subprocess.run([sys.executable, "-c", KILLABLE, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
@@ -208,32 +191,9 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP)
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            "--preset",
-            "tiny",
-            "--generate",
-            "150",
-            "--dev-size",
-            "20",
-            "--steps",
-            "6",
-            "--eval-every",
-            "3",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    args = [*TINY_RUN, *"--steps 6 --eval-every 3".split(), "--out", str(out)]
+    proc = subprocess.run([*torchrun, *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
     saved = load_file(out / "train_state" / "state.safetensors")

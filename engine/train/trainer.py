@@ -181,6 +181,7 @@ class Trainer:
                     "rows_per_second": rows_s,
                     "lr": self.opt.param_groups[0]["lr"],
                     "halted": int(count),
+                    "epochs": round(self.stream.epoch_fraction, 3),
                 }
                 if count:  # accuracy over the rows that halted in this window, as the official train metrics
                     entry.update(exact_accuracy=exact / count, q_halt_accuracy=q_ok / count, mean_steps=steps / count)
