@@ -207,8 +207,8 @@ def infer_config(tensors: dict[str, torch.Tensor], arch: dict, task: str) -> TRM
     return TRMConfig(**cfg)
 
 
-def _guess_task(arch_file: dict, vocab_size: int) -> str:
-    data = " ".join(map(str, arch_file.get("data_paths") or [arch_file.get("data_path", "")])).lower()
+def _guess_task(official: dict, vocab_size: int) -> str:
+    data = " ".join(map(str, official.get("data_paths") or [official.get("data_path", "")])).lower()
     for name in ("sudoku", "maze", "arc"):
         if name in data:
             return name
