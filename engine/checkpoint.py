@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from engine.models import TRM, TRMConfig
+from engine.models.config import compute_dtype
 from engine.tasks import TASKS, get_task
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "CARD.md"
@@ -114,14 +115,12 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Load and validate a checkpoint directory.
 
-    `forward_dtype` "auto" keeps the checkpoint's compute dtype (bf16) on accelerators and uses float32 on CPU, where
-    bf16 matmuls without native support ran 8-23x slower (benchmarks/RESULTS.md). Any explicit dtype is honoured."""
+    `forward_dtype` "auto" keeps the checkpoint's compute dtype on accelerators and uses float32 on CPU
+    (`compute_dtype`); any explicit dtype is honoured."""
     path = Path(path)
     config = read_config(path)
     if forward_dtype == "auto":
-        forward_dtype = (
-            "float32" if torch.device(device).type == "cpu" else config["model"].get("forward_dtype", "bfloat16")
-        )
+        forward_dtype = compute_dtype(str(device), config["model"].get("forward_dtype", "bfloat16"))
     try:
         model_config = dataclasses.replace(TRMConfig.from_dict(config["model"]), forward_dtype=forward_dtype)
     except (TypeError, ValueError) as e:

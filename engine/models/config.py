@@ -9,6 +9,12 @@ POS_ENCODINGS = ("rope", "learned", "none")
 FORWARD_DTYPES = ("bfloat16", "float16", "float32")
 
 
+def compute_dtype(device: str, preferred: str = "bfloat16") -> str:
+    """`preferred` (the official bf16) on accelerators; float32 on CPU, where bf16 matmuls without native support
+    ran 8-23x slower (benchmarks/RESULTS.md)."""
+    return "float32" if device.split(":")[0] == "cpu" else preferred
+
+
 @dataclass(frozen=True, slots=True)
 class TRMConfig:
     seq_len: int

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from engine.checkpoint import atomic_directory, save_checkpoint
 from engine.eval import predict
 from engine.models import TRM, preset
+from engine.models.config import compute_dtype
 from engine.train.config import TrainConfig
 from engine.train.data import SampleStream
 from engine.train.losses import act_loss
@@ -76,9 +77,7 @@ class Trainer:
         self.cfg, self.task, self.dev, self.out, self.device, self.ddp = cfg, task, dev, Path(out), device, ddp
         self.data = data  # where the samples came from, for the checkpoint's training summary
         torch.manual_seed(cfg.seed)
-        # bf16 is the official compute dtype; CPUs without native bf16 run an order of magnitude faster in float32
-        # (benchmarks/RESULTS.md).
-        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
+        dtype = compute_dtype(device)
         self.model = TRM(preset(cfg.model_preset, **{**cfg.model_overrides, "forward_dtype": dtype})).to(device)
         if ddp.world > 1:  # identical replicas, whatever each rank's init RNG did
             for t in self.model.state_dict().values():
@@ -163,11 +162,9 @@ class Trainer:
             ]  # drop what a killed run logged after its last save
             log_path.write_text("".join(line + "\n" for line in kept))
         bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=not main)
-        sums, start, mark = (
-            torch.zeros(5, dtype=torch.float64),
-            time.perf_counter() - self.elapsed,
-            (self.step, time.perf_counter()),
-        )
+        sums = torch.zeros(5, dtype=torch.float64)  # metrics since the last log line
+        start = time.perf_counter() - self.elapsed  # the clock continues across resumes
+        mark = (self.step, time.perf_counter())
         while self.step < cfg.steps:
             sums += self.train_step()
             self.elapsed = time.perf_counter() - start
