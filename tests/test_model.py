@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from engine.models import TRM, TRMConfig, preset
-from engine.models.layers import RotaryEmbedding, apply_rope, rms_norm, swiglu_inter_size
+from engine.models.layers import RotaryEmbedding, apply_rope, swiglu_inter_size
+from kernels.reference import add_rms_norm
 
 
 def tiny(**overrides) -> TRM:
@@ -66,11 +67,12 @@ def test_learned_positions_are_added_then_scaled():
     torch.testing.assert_close(model.embed(x, pid), math.sqrt(64) * 0.707106781 * (tokens + model.embed_pos))
 
 
-def test_rms_norm_is_weightless_fp32_inside():
-    x = torch.randn(4, 7, 33, dtype=torch.bfloat16) * 5
-    y = rms_norm(x, 1e-5)
+def test_rms_norm_is_weightless_fp32_inside_after_a_bf16_residual_add():
+    x, r = (torch.randn(4, 7, 33, dtype=torch.bfloat16) * 5 for _ in range(2))
+    y = add_rms_norm(x, r, 1e-5)
     assert y.dtype == torch.bfloat16
-    ref = (x.float() / torch.sqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)).bfloat16()
+    s = (x + r).float()
+    ref = (s / torch.sqrt(s.pow(2).mean(-1, keepdim=True) + 1e-5)).bfloat16()
     assert torch.equal(y, ref)
 
 
@@ -81,7 +83,8 @@ def test_mlp_t_block_normalises_over_the_sequence_axis():
         block.mlp.down_proj.weight.zero_()
     h = torch.randn(2, model.config.total_len, 64)
     t = h.transpose(1, 2)
-    expected = rms_norm(rms_norm(t + block.mlp_t(t), 1e-5).transpose(1, 2), 1e-5)
+    zero = torch.zeros_like(h)
+    expected = add_rms_norm(add_rms_norm(t, block.mlp_t(t), 1e-5).transpose(1, 2), zero, 1e-5)
     torch.testing.assert_close(block(h, None), expected)
     # The token MLP works on sequence length total_len = 81 + 2 (SwiGLU inner size rounds up to 256).
     assert block.mlp_t.gate_up_proj.weight.shape == (2 * 256, 83)
@@ -113,10 +116,10 @@ def test_step_runs_T_times_n_plus_1_net_calls_with_grad_only_in_the_last_cycle()
 def test_y_update_gets_no_input_injection():
     # z_H = f(z_H + z_L): the y update's injection is exactly the new z_L, without x (TRM.md §3.1).
     model = tiny(forward_dtype="float32", H_cycles=1, L_cycles=1)
-    injections = []
-    model.net = lambda h, inj: injections.append(inj) or TRM.net(model, h, inj)
+    seen = []
+    model.net = lambda h: seen.append(h) or TRM.net(model, h)
     carry, _, _ = model.step(model.initial_carry(1), *inputs(model, 1))
-    assert len(injections) == 2 and torch.equal(injections[1], carry.z_L)
+    assert len(seen) == 2 and torch.equal(seen[1], model.initial_carry(1).z_H + carry.z_L)
 
 
 def test_reset_is_a_masked_operation():

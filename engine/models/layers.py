@@ -1,7 +1,7 @@
 """Building blocks of the TRM network, numerically as in the official code (TRM.md §1.3, §5).
 
 Weights are fp32 masters cast to the activation dtype at call time; activations run in `forward_dtype` (bf16);
-RMSNorm and RoPE compute in fp32 inside.
+RMSNorm and RoPE compute in fp32 inside. The elementwise parts (residual + RMSNorm, SwiGLU) go through `kernels`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
 from engine.models.config import TRMConfig
 
 
@@ -28,13 +29,6 @@ def trunc_normal_(t: torch.Tensor, std: float = 1.0, lower: float = -2.0, upper:
         x = torch.empty(t.shape, dtype=torch.float32, device=t.device).uniform_(a, b).erfinv_()
         x.mul_(math.sqrt(2) * comp_std).clamp_(lower * comp_std, upper * comp_std)
         return t.copy_(x)
-
-
-def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Weightless RMSNorm over the last axis, fp32 inside."""
-    h = x.float()
-    h = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + eps)
-    return h.to(x.dtype)
 
 
 class Linear(nn.Module):
@@ -63,8 +57,7 @@ class SwiGLU(nn.Module):
         self.down_proj = Linear(inter, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(kernels.swiglu(self.gate_up_proj(x)))
 
 
 class RotaryEmbedding(nn.Module):
@@ -125,7 +118,7 @@ class Block(nn.Module):
         if hasattr(self, "mlp_t"):
             # Mix tokens on [B, D, L]; this norm runs over the sequence axis (TRM.md §1.3).
             t = h.transpose(1, 2)
-            h = rms_norm(t + self.mlp_t(t), self.eps).transpose(1, 2)
+            h = kernels.add_rms_norm(t, self.mlp_t(t), self.eps).transpose(1, 2)
         else:
-            h = rms_norm(h + self.self_attn(h, rope), self.eps)
-        return rms_norm(h + self.mlp(h), self.eps)
+            h = kernels.add_rms_norm(h, self.self_attn(h, rope), self.eps)
+        return kernels.add_rms_norm(h, self.mlp(h), self.eps)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
 from engine.models.config import TRMConfig
 from engine.models.layers import Block, Linear, RotaryEmbedding, trunc_normal_
 
@@ -21,6 +22,18 @@ from engine.models.layers import Block, Linear, RotaryEmbedding, trunc_normal_
 class Carry:
     z_H: torch.Tensor  # [B, total_len, hidden], forward dtype
     z_L: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Noise:
+    """PTRM noise for one supervision step (PTRM_GRAM.md §3.2): N(0, sigma^2) added before the step, per row.
+
+    Counter-based (`kernels.reference`): row r's noise depends only on seeds[r] and steps[r], never on its batch."""
+
+    seeds: torch.Tensor  # int64 [B], see kernels.row_seed
+    steps: torch.Tensor  # int64 [B], the row's supervision step index
+    sigma_z: torch.Tensor  # fp32 [B], on the latent z = z_L (the paper's target)
+    sigma_y: torch.Tensor | None = None  # fp32 [B], on the answer state y = z_H (an ablation); None: no noise on y
 
 
 class TRM(nn.Module):
@@ -74,28 +87,33 @@ class TRM(nn.Module):
             x = 0.707106781 * (x + self.embed_pos.to(self.dtype))  # keeps the forward variance
         return self.embed_scale * x
 
-    def net(self, h: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
-        """f(h + injection): the shared 2-block network."""
-        h = h + injection
+    def net(self, h: torch.Tensor) -> torch.Tensor:
+        """The shared 2-block network f, applied to an already injected state."""
         for layer in self.layers:
             h = layer(h, self.rope)
         return h
 
     def step(
-        self, carry: Carry, inputs: torch.Tensor, puzzle_ids: torch.Tensor
+        self, carry: Carry, inputs: torch.Tensor, puzzle_ids: torch.Tensor, noise: Noise | None = None
     ) -> tuple[Carry, torch.Tensor, torch.Tensor]:
-        """One supervision step. Returns the detached new carry, logits [B, seq_len, vocab] and q [B, 2] (fp32)."""
+        """One supervision step. Returns the detached new carry, logits [B, seq_len, vocab] and q [B, 2] (fp32).
+
+        With `noise`, z (and optionally y) are perturbed first; the noisy z only feeds the first injection."""
         c = self.config
         x = self.embed(inputs, puzzle_ids)
         z_H, z_L = carry.z_H, carry.z_L
-        with torch.no_grad():
-            for _ in range(c.H_cycles - 1):
-                for _ in range(c.L_cycles):
-                    z_L = self.net(z_L, z_H + x)  # z_H + x first: the official bf16 summation order
-                z_H = self.net(z_H, z_L)
-        for _ in range(c.L_cycles):
-            z_L = self.net(z_L, z_H + x)
-        z_H = self.net(z_H, z_L)
+        if noise is not None and noise.sigma_y is not None:
+            z_H = kernels.add_noise(z_H, noise.sigma_y, noise.seeds, noise.steps, kernels.STREAM_Y)
+        for cycle in range(c.H_cycles):
+            # Gradient only through the last cycle (TRM's 1-step gradient approximation).
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cycle == c.H_cycles - 1):
+                for i in range(c.L_cycles):
+                    if noise is not None and cycle == 0 and i == 0:
+                        h = kernels.noisy_injection(z_L, z_H + x, noise.sigma_z, noise.seeds, noise.steps)
+                    else:
+                        h = z_L + (z_H + x)  # z_H + x first: the official bf16 summation order
+                    z_L = self.net(h)
+                z_H = self.net(z_H + z_L)
         logits = self.lm_head(z_H)[:, c.prefix_len :]
         q = self.q_head(z_H[:, 0]).float()
         return Carry(z_H.detach(), z_L.detach()), logits, q
