@@ -22,12 +22,13 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from engine.models import TRM, TRMConfig
+from engine.models import GRAM, TRM, GRAMConfig, TRMConfig
 from engine.models.config import compute_dtype
 from engine.tasks import TASKS, get_task
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "CARD.md"
 FORMAT_VERSION = 1
+ARCHS: dict[str, tuple[type, type]] = {"trm": (TRM, TRMConfig), "gram": (GRAM, GRAMConfig)}  # config.json "arch"
 
 
 class CheckpointError(ValueError):
@@ -36,14 +37,18 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class Checkpoint:
-    model: TRM
+    model: TRM | GRAM
     task: str
     meta: dict  # the rest of config.json: training summary, conversion source, ...
     path: Path | None = None
 
     @property
-    def config(self) -> TRMConfig:
+    def config(self) -> TRMConfig | GRAMConfig:
         return self.model.config
+
+    @property
+    def arch(self) -> str:
+        return "gram" if isinstance(self.model, GRAM) else "trm"
 
 
 # -- save / load ----------------------------------------------------------------------------------------------------
@@ -73,7 +78,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def save_checkpoint(
-    path: str | os.PathLike, model: TRM, task: str, meta: dict | None = None, card: str | None = None
+    path: str | os.PathLike, model: TRM | GRAM, task: str, meta: dict | None = None, card: str | None = None
 ) -> Path:
     """Write a checkpoint directory atomically."""
     with atomic_directory(path) as tmp:
@@ -81,7 +86,7 @@ def save_checkpoint(
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
         config = {
             "format_version": FORMAT_VERSION,
-            "arch": "trm",
+            "arch": "gram" if isinstance(model, GRAM) else "trm",
             "task": task,
             "model": model.config.to_dict(),
             **(meta or {}),
@@ -103,8 +108,10 @@ def read_config(path: str | os.PathLike) -> dict:
     for field in ("arch", "task", "model"):
         if field not in config:
             raise CheckpointError(f"{path / CONFIG} has no {field!r} field")
-    if config["arch"] != "trm":
-        raise CheckpointError(f"{path / CONFIG}: arch {config['arch']!r} is not supported (known: 'trm')")
+    if config["arch"] not in ARCHS:
+        raise CheckpointError(
+            f"{path / CONFIG}: arch {config['arch']!r} is not supported (known: {', '.join(map(repr, ARCHS))})"
+        )
     if config["task"] not in TASKS:
         raise CheckpointError(f"{path / CONFIG}: unknown task {config['task']!r} (known: {', '.join(sorted(TASKS))})")
     return config
@@ -121,19 +128,20 @@ def load_checkpoint(
     config = read_config(path)
     if forward_dtype == "auto":
         forward_dtype = compute_dtype(str(device), config["model"].get("forward_dtype", "bfloat16"))
+    model_cls, config_cls = ARCHS[config["arch"]]
     try:
-        model_config = dataclasses.replace(TRMConfig.from_dict(config["model"]), forward_dtype=forward_dtype)
+        model_config = dataclasses.replace(config_cls.from_dict(config["model"]), forward_dtype=forward_dtype)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / CONFIG}: bad model config: {e}") from None
+        raise CheckpointError(f"{path / CONFIG}: bad {config['arch']} model config: {e}") from None
     if not (path / WEIGHTS).is_file():
         raise CheckpointError(f"{path} has no {WEIGHTS}")
-    model = TRM(model_config)
+    model = model_cls(model_config)
     load_weights(model, load_file(path / WEIGHTS), source=str(path / WEIGHTS))
     meta = {k: v for k, v in config.items() if k not in ("arch", "task", "model")}
     return Checkpoint(model.to(device).eval(), config["task"], meta, path)
 
 
-def load_weights(model: TRM, tensors: dict[str, torch.Tensor], source: str) -> None:
+def load_weights(model: TRM | GRAM, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Check names, shapes and dtypes against the model, naming the first offending tensor, then load."""
     expected = model.state_dict()
     for name, t in expected.items():

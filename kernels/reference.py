@@ -81,3 +81,18 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up on the fused `gate_up` projection output [..., 2 * inter]."""
     gate, up = gate_up.chunk(2, dim=-1)
     return torch.nn.functional.silu(gate) * up
+
+
+def inject(
+    z_L: torch.Tensor,
+    z_H: torch.Tensor,
+    x: torch.Tensor,
+    sigma: torch.Tensor | None = None,
+    seeds: torch.Tensor | None = None,
+    steps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The latent update's input z_L + (z_H + x) (the official bf16 summation order), with PTRM's noise on z_L when
+    `sigma` is given: the three-way add and the noise of one fused kernel."""
+    if sigma is not None:
+        z_L = add_noise(z_L, sigma, seeds, steps, STREAM_Z)
+    return z_L + (z_H + x)

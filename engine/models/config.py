@@ -1,4 +1,5 @@
-"""TRM architecture config (field names follow the official `arch` section, TRM.md §1.1) and named presets."""
+"""TRM and GRAM architecture configs (field names follow the official TRM `arch` section, TRM.md §1.1) and named
+presets."""
 
 from __future__ import annotations
 
@@ -91,6 +92,30 @@ class TRMConfig:
         return cls(**d)
 
 
+@dataclass(frozen=True, slots=True)
+class GRAMConfig(TRMConfig):
+    """TRM's fields, read the GRAM way (PTRM_GRAM.md §4.1): H_cycles = T stochastic high-level transitions per
+    supervision step, L_cycles = K deterministic low-level updates per transition; plus the noise heads."""
+
+    sigma_min: float = 0.01  # the Gaussians' scale is sigma_min + (sigma_max - sigma_min) * sigmoid(s)
+    sigma_max: float = 1.0
+    sigma_init: float = 0.1  # scale of both heads at initialisation
+    lprm: bool = True  # the LPRM value head
+    unconditional: bool = False  # a generator: trained on all-blank inputs
+
+    def __post_init__(self):
+        TRMConfig.__post_init__(self)  # explicit: zero-argument super() breaks in slots dataclasses
+        _require(0 < self.sigma_min < self.sigma_init < self.sigma_max, "need 0 < sigma_min < sigma_init < sigma_max")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GRAMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown GRAM config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -135,7 +160,23 @@ PRESETS: dict[str, dict] = {
 }
 
 
+_SMALL = {k: v for k, v in PRESETS["sudoku-small"].items()}
+_TINY = {k: v for k, v in PRESETS["sudoku-tiny"].items()}
+
+# GRAM (PTRM_GRAM.md §4.7): the paper's Sudoku net is TRM-MLP sized with T = 3, K = 6, N_sup = 16; the small ones
+# mirror sudoku-small / sudoku-tiny for CPU training and tests.
+GRAM_PRESETS: dict[str, dict] = {
+    "gram-sudoku": dict(PRESETS["sudoku-mlp"]),
+    "gram-sudoku-small": dict(_SMALL),
+    "gram-sudoku-gen-small": dict(_SMALL, unconditional=True),
+    "gram-sudoku-tiny": dict(_TINY),
+}
+
+
 def preset(name: str, **overrides) -> TRMConfig:
+    """A TRMConfig, or a GRAMConfig for the `gram-*` names."""
+    if name in GRAM_PRESETS:
+        return GRAMConfig(**{**GRAM_PRESETS[name], **overrides})
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join([*PRESETS, *GRAM_PRESETS])}")
     return TRMConfig(**{**PRESETS[name], **overrides})

@@ -1,7 +1,9 @@
-"""`engine-train`: train a TRM checkpoint (runs under torchrun for data-parallel training).
+"""`engine-train`: train a TRM or GRAM checkpoint (runs under torchrun for data-parallel training).
 
 engine-train --preset cpu-small --puzzles P.txt --solutions P.sol --dev-size 2000 --out runs/sudoku
 engine-train --out runs/sudoku --resume           # continue a killed run from its last save
+engine-train --arch gram --generate 40000 --clues 30 45 --out runs/gram      # a GRAM solver (gram-cpu-small)
+engine-train --arch gram --generator --grids 50000 --out runs/gram-gen     # an unconditional grid generator
 torchrun --nproc_per_node 2 -m engine.train.cli --preset tiny --generate 2000 --out runs/ddp
 """
 
@@ -18,20 +20,38 @@ import torch
 import torch.distributed as dist
 
 from engine.train.config import PRESETS, TrainConfig, train_preset
-from engine.train.data import download_sudoku_extreme, generate_puzzles, read_puzzle_files, read_sudoku_extreme_csv
-from engine.train.trainer import Dist, Trainer
+from engine.tasks.sudoku import BLANK
+from engine.train.data import (
+    download_sudoku_extreme,
+    generate_puzzles,
+    random_grids,
+    read_puzzle_files,
+    read_sudoku_extreme_csv,
+)
+from engine.train.trainer import Dist, PosteriorCollapse, Trainer, describe_eval
+
+DEFAULT_PRESET = {"trm": "cpu-small", "gram": "gram-cpu-small", "generator": "gram-gen-cpu-small"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="engine-train",
-        description="Train a TRM checkpoint with the paper's recipe.",
+        description="Train a TRM or GRAM checkpoint with the papers' recipes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
     p.add_argument("--task", default="sudoku", choices=["sudoku"], help="puzzle task (Sudoku for now)")
-    p.add_argument("--arch", default="trm", choices=["trm"])
-    p.add_argument("--preset", default="cpu-small", choices=list(PRESETS), help="recipe and model size")
+    p.add_argument("--arch", default="trm", choices=["trm", "gram"])
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="recipe and model size (default: cpu-small; gram-cpu-small or gram-gen-cpu-small for GRAM)",
+    )
+    p.add_argument(
+        "--generator",
+        action="store_true",
+        help="GRAM unconditional generation: all-blank inputs, uniformly random complete grids as targets",
+    )
     p.add_argument(
         "--out", required=True, help="run directory: train_state/ (resumable), checkpoint/ (EMA weights), log.jsonl"
     )
@@ -45,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     data.add_argument("--hf", action="store_true", help="download Sudoku-Extreme train.csv from the Hugging Face hub")
     data.add_argument(
         "--generate", type=int, metavar="N", help="N puzzles from the built-in generator (unique solutions)"
+    )
+    data.add_argument(
+        "--grids", type=int, default=50_000, metavar="N", help="random complete grids for --generator (default 50000)"
     )
     data.add_argument(
         "--clues", type=int, nargs=2, default=(22, 30), metavar=("MIN", "MAX"), help="clue range for --generate"
@@ -68,6 +91,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ov.add_argument("--eval-limit", type=int)
     ov.add_argument("--save-every", type=int)
     ov.add_argument("--seed", type=int)
+    ov.add_argument("--beta", type=float, dest="kl_beta", help="GRAM KL weight (0.1 solving, 0.05 generation)")
+    ov.add_argument("--ema-decay", type=float)
+    ov.add_argument("--collapse-min-kl", type=float, help="GRAM: stop when the KL per position falls below this")
+    ov.add_argument(
+        "--collapse-max-gap", type=float, help="GRAM: stop when posterior exact accuracy exceeds prior's by this"
+    )
+    ov.add_argument("--collapse-after", type=int, help="GRAM: first step at which the collapse guard may stop")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)
 
@@ -83,14 +113,41 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     if state.is_file():
         raise SystemExit(f"engine-train: {args.out} already holds a run; pass --resume or choose another --out")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None and k != "generator"}
     model = {k: v for k, v in (("H_cycles", args.H_cycles), ("L_cycles", args.L_cycles)) if v is not None}
-    cfg = train_preset(args.preset, **overrides)
+    if args.generator:
+        if args.arch != "gram":
+            raise SystemExit("engine-train: --generator needs --arch gram")
+        overrides["generator"], model["unconditional"] = True, True
+    name = args.preset or DEFAULT_PRESET["generator" if args.generator else args.arch]
+    try:
+        cfg = train_preset(name, **overrides)
+    except ValueError as e:
+        raise SystemExit(f"engine-train: {e}") from None
     return dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, **model})
 
 
 def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple, tuple, str]:
     """(train inputs, labels), (held-out inputs, labels), and a one-line description for the checkpoint."""
+    if args.generator:
+        if args.puzzles or args.csv or args.hf or args.generate:
+            raise SystemExit("engine-train: --generator trains on random complete grids; give no puzzle source")
+        if args.grids <= args.dev_size:
+            raise SystemExit(f"engine-train: --grids {args.grids} must exceed --dev-size {args.dev_size}")
+        grids = random_grids(args.grids, np.random.default_rng(seed))
+        blank = np.full_like(grids, BLANK)
+        train, dev = (
+            (blank[: -args.dev_size], grids[: -args.dev_size]),
+            (blank[-args.dev_size :], grids[-args.dev_size :]),
+        )
+        return (
+            train,
+            dev,
+            (
+                f"train: {args.grids - args.dev_size} random complete grids from an all-blank board (seed {seed}); "
+                f"held out: the last {args.dev_size}; augmented on the fly"
+            ),
+        )
     sources, names = [], []
     if args.puzzles or args.solutions:
         if not (args.puzzles and args.solutions):
@@ -144,12 +201,14 @@ def main(argv: list[str] | None = None) -> None:
             f"{dict(cfg.model_overrides)}; {cfg.steps} steps of {cfg.global_batch_size} rows on {ddp.world} x {device}"
             + (f"; resumed at step {trainer.step}" if args.resume else "")
         )
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except PosteriorCollapse as e:
+        raise SystemExit(f"engine-train: {e} (state saved in {Path(args.out) / 'train_state'})") from None
     if ddp.is_main:
         print(
             f"engine-train: done at step {summary['step']} in {summary['wall_seconds']:.0f} s; "
-            f"held-out exact accuracy {summary['last_eval']['exact_accuracy']:.4f}; "
-            f"checkpoint {Path(args.out) / 'checkpoint'}"
+            f"{describe_eval(summary['last_eval'])}; checkpoint {Path(args.out) / 'checkpoint'}"
         )
     if ddp.world > 1:
         dist.destroy_process_group()

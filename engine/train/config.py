@@ -26,8 +26,24 @@ class TrainConfig:
     eval_limit: int | None = None  # held-out puzzles per evaluation (None: all)
     save_every: int = 1000
     seed: int = 0
+    # GRAM (PTRM_GRAM.md §4.3-4.5); ignored by TRM
+    arch: str = "trm"  # or "gram"
+    kl_beta: float = 0.1  # 0.1 Sudoku solving, 0.05 unconditional generation
+    kl_balance: float = 0.8
+    lprm_weight: float = 1.0
+    generator: bool = False  # unconditional: all-blank inputs, complete grids as targets
+    # Posterior-collapse guard, checked at each evaluation from step `collapse_after` on (None disables a test):
+    collapse_min_kl: float | None = 1e-4  # stop when the KL per position (nats) falls below this
+    collapse_max_gap: float | None = 0.5  # stop when posterior exact accuracy exceeds prior's by more than this
+    collapse_after: int = 0
 
     def __post_init__(self):
+        if self.arch not in ("trm", "gram"):
+            raise ValueError(f"arch must be trm or gram, got {self.arch!r}")
+        if (self.arch == "gram") != self.model_preset.startswith("gram-"):
+            raise ValueError(f"model preset {self.model_preset!r} does not fit arch {self.arch!r}")
+        if self.generator and self.arch != "gram":
+            raise ValueError("generator training needs arch gram")
         if self.loss not in ("stablemax", "softmax"):
             raise ValueError(f"loss must be stablemax or softmax, got {self.loss!r}")
         for name in ("global_batch_size", "steps", "eval_every", "save_every"):
@@ -68,6 +84,29 @@ PRESETS: dict[str, dict] = {
         save_every=5,
     ),
 }
+
+# GRAM on CPU: the cpu-small recipe with softmax CE (a proper likelihood for the ELBO) and a shorter EMA horizon,
+# since CPU runs last a few thousand steps only.
+_GRAM_CPU = dict(
+    PRESETS["cpu-small"],
+    arch="gram",
+    loss="softmax",
+    ema_decay=0.995,
+    steps=3000,
+    eval_every=300,
+    eval_limit=200,
+    collapse_after=1200,
+)
+PRESETS.update(
+    {
+        "gram-cpu-small": dict(_GRAM_CPU, model_preset="gram-sudoku-small", kl_beta=0.1),
+        "gram-gen-cpu-small": dict(
+            _GRAM_CPU, model_preset="gram-sudoku-gen-small", kl_beta=0.05, generator=True, collapse_max_gap=None
+        ),
+        "gram-paper": dict(model_preset="gram-sudoku", arch="gram", loss="softmax", kl_beta=0.1),
+        "gram-tiny": dict(PRESETS["tiny"], model_preset="gram-sudoku-tiny", arch="gram", loss="softmax"),
+    }
+)
 
 
 def train_preset(name: str, **overrides) -> TrainConfig:

@@ -1,9 +1,11 @@
-"""TRM training losses (TRM.md §8.1): stablemax cross-entropy and the ACT loss head."""
+"""Training losses: TRM's stablemax cross-entropy and ACT head (TRM.md §8.1); GRAM's truncated ELBO (PTRM_GRAM.md §4.3)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from engine.models.gram import Gaussian, GramStep, gaussian_kl
 
 
 def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -33,3 +35,32 @@ def act_loss(
         seq_is_correct = (logits.argmax(-1) == labels).all(-1)
     q_halt_loss = F.binary_cross_entropy_with_logits(q[:, 0], seq_is_correct.to(q.dtype), reduction="sum")
     return lm_loss + 0.5 * q_halt_loss, seq_is_correct
+
+
+def balanced_kl(q: Gaussian, p: Gaussian, balance: float = 0.8) -> torch.Tensor:
+    """KL balancing (DreamerV2/V3; PTRM_GRAM.md §4.3) per row [B]: balance * KL(sg(q) || p) + (1 - balance) *
+    KL(q || sg(p)). Same value as KL(q || p); the prior gets `balance` of the gradient, the posterior the rest."""
+    sg = lambda g: Gaussian(g.mean.detach(), g.scale.detach())  # noqa: E731
+    return balance * gaussian_kl(sg(q), p) + (1 - balance) * gaussian_kl(q, sg(p))
+
+
+def gram_loss(
+    out: GramStep, labels: torch.Tensor, beta: float, balance: float = 0.8, lprm_weight: float = 1.0, kind="softmax"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed loss of one GRAM supervision step over all rows (Eq. 14 plus the ACT and LPRM heads, §4.3-4.5):
+
+    mean token CE + beta * balanced KL of the last transition per position + 0.5 * BCE(q_halt, grid correct)
+    + lprm_weight * (value - cell accuracy)^2. The KL is divided by the positions of h, so CE and KL are both
+    per-token quantities. Returns (loss, seq_is_correct [B], last-transition KL per position [B], detached)."""
+    post, prior = out.last
+    positions = post.mean.shape[1]
+    ce = token_cross_entropy(out.logits, labels, kind).mean(-1)
+    kl = balanced_kl(post, prior, balance) / positions
+    with torch.no_grad():
+        hits = out.logits.argmax(-1) == labels
+        correct, cells = hits.all(-1), hits.float().mean(-1)
+    loss = ce.sum() + beta * kl.sum()
+    loss = loss + 0.5 * F.binary_cross_entropy_with_logits(out.q[:, 0], correct.to(out.q.dtype), reduction="sum")
+    if out.value is not None:
+        loss = loss + lprm_weight * (out.value - cells).square().sum()
+    return loss, correct, kl.detach()

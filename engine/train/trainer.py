@@ -1,10 +1,15 @@
-"""The TRM training loop (TRM.md §3.2, §4, §8): deep supervision with carries that persist across batches.
+"""The TRM and GRAM training loop (TRM.md §3.2, §4, §8; PTRM_GRAM.md §4.3-4.5): deep supervision with carries that
+persist across batches.
 
 Every optimizer step is one supervision step on a batch of carries. Rows that halted (Q head says "done", or N_sup
 steps reached, with exploration) are reset and take fresh samples; the others keep their state and data. The whole
 state — weights, EMA, optimizer moments, carries, data position and RNG streams — is saved atomically, so a killed
 run resumes exactly where its last save left it. Under torchrun every rank holds global_batch / world rows and
 gradients are summed across ranks, which keeps the replicas identical.
+
+GRAM trains on trajectories sampled from its posterior q(eps | u, y) (noise from a saved per-rank generator, so resumes
+are exact) with the truncated ELBO of `gram_loss`. Each evaluation runs prior-sampled rollouts next to posterior ones
+and stops the run (`PosteriorCollapse`) when the KL collapses or the prior falls far behind the posterior.
 """
 
 from __future__ import annotations
@@ -23,11 +28,19 @@ from tqdm import tqdm
 
 from engine.checkpoint import atomic_directory, save_checkpoint
 from engine.eval import predict
-from engine.models import TRM, preset
+from engine.generate import generation_report, sample_grids
+from engine.models import GRAM, TRM, counter_noise, preset
 from engine.models.config import compute_dtype
+from engine.tasks import get_task
 from engine.train.config import TrainConfig
 from engine.train.data import SampleStream
-from engine.train.losses import act_loss
+from engine.train.losses import act_loss, gram_loss
+
+
+class PosteriorCollapse(RuntimeError):
+    """GRAM training stopped by the collapse guard; the message says which test fired and how to react."""
+
+
 from engine.train.optim import EMA, AdamATan2, SignSGD, lr_at
 
 
@@ -78,7 +91,9 @@ class Trainer:
         self.data = data  # where the samples came from, for the checkpoint's training summary
         torch.manual_seed(cfg.seed)
         dtype = compute_dtype(device)
-        self.model = TRM(preset(cfg.model_preset, **{**cfg.model_overrides, "forward_dtype": dtype})).to(device)
+        model_cls = GRAM if cfg.arch == "gram" else TRM
+        self.model = model_cls(preset(cfg.model_preset, **{**cfg.model_overrides, "forward_dtype": dtype})).to(device)
+        self.is_gram = cfg.arch == "gram"
         if ddp.world > 1:  # identical replicas, whatever each rank's init RNG did
             for t in self.model.state_dict().values():
                 dist.broadcast(t, src=0)
@@ -94,6 +109,7 @@ class Trainer:
         B, L = cfg.global_batch_size // ddp.world, self.model.config.seq_len
         self.stream = SampleStream(*train, seed=cfg.seed * 1000 + ddp.rank)
         self.explore = torch.Generator().manual_seed(cfg.seed * 1000 + ddp.rank + 1)
+        self.noise_rng = torch.Generator(device).manual_seed(cfg.seed * 1000 + ddp.rank + 2)  # GRAM's eps
         self.carry = self.model.initial_carry(B)
         self.inputs = torch.zeros(B, L, dtype=torch.long, device=device)
         self.labels = torch.zeros(B, L, dtype=torch.long, device=device)
@@ -105,7 +121,8 @@ class Trainer:
     # -- one optimizer step -----------------------------------------------------------------------------------------
 
     def train_step(self) -> torch.Tensor:
-        """One supervision step; returns [halted rows, of them exact, of them Q right, their steps, summed loss]."""
+        """One supervision step; returns [halted rows, of them exact, of them Q right, their steps, summed loss,
+        summed KL per position (GRAM; 0 for TRM)]."""
         cfg, model = self.cfg, self.model
         self.step += 1
         h = self.halted
@@ -116,8 +133,15 @@ class Trainer:
         self.carry = model.reset(self.carry, h)
         self.steps = torch.where(h, 0, self.steps)
 
-        self.carry, logits, q = model.step(self.carry, self.inputs, self.puzzle_ids)
-        loss, correct = act_loss(logits, q, self.labels, cfg.loss)
+        if self.is_gram:
+            out = model.step(self.carry, self.inputs, self.puzzle_ids, self._noise, target=self.labels)
+            self.carry, q = out.carry, out.q
+            loss, correct, kl = gram_loss(out, self.labels, cfg.kl_beta, cfg.kl_balance, cfg.lprm_weight, cfg.loss)
+            kl = kl.sum()
+        else:
+            self.carry, logits, q = model.step(self.carry, self.inputs, self.puzzle_ids)
+            loss, correct = act_loss(logits, q, self.labels, cfg.loss)
+            kl = torch.zeros(())
         (loss / cfg.global_batch_size).backward()
         for p in model.parameters():  # sum over ranks: the official global-batch mean
             if p.grad is not None:
@@ -146,8 +170,13 @@ class Trainer:
                 (done & ((q_halt >= 0) == correct)).sum(),
                 self.steps[done].sum(),
                 loss,
+                kl,
             ]
-            return torch.stack([s.double() for s in stats]).cpu()
+            return torch.stack([s.double().cpu() for s in stats])
+
+    def _noise(self, t: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Training noise for GRAM's posterior samples, from a generator that the train state saves."""
+        return torch.randn(len(self.inputs), *shape, generator=self.noise_rng, device=self.device)
 
     def fit(self, log_every: int = 10) -> dict:
         """Train to cfg.steps with a progress bar, logging to out/log.jsonl, evaluating and saving periodically."""
@@ -162,7 +191,7 @@ class Trainer:
             ]  # drop what a killed run logged after its last save
             log_path.write_text("".join(line + "\n" for line in kept))
         bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=not main)
-        sums = torch.zeros(5, dtype=torch.float64)  # metrics since the last log line
+        sums = torch.zeros(6, dtype=torch.float64)  # metrics since the last log line
         start = time.perf_counter() - self.elapsed  # the clock continues across resumes
         mark = (self.step, time.perf_counter())
         while self.step < cfg.steps:
@@ -171,7 +200,7 @@ class Trainer:
             entry = {}
             # Close the metrics window at every save too, so a resumed run logs exactly what an uninterrupted one would.
             if self.step % log_every == 0 or self.step % cfg.save_every == 0 or self.step == cfg.steps:
-                count, exact, q_ok, steps, loss = self.ddp.all_reduce(sums).tolist()
+                count, exact, q_ok, steps, loss, kl = self.ddp.all_reduce(sums).tolist()
                 rows_s = (self.step - mark[0]) * cfg.global_batch_size / (time.perf_counter() - mark[1])
                 entry = {
                     "loss": loss / ((self.step - mark[0]) * cfg.global_batch_size),
@@ -180,6 +209,8 @@ class Trainer:
                     "halted": int(count),
                     "epochs": round(self.stream.epoch_fraction, 3),
                 }
+                if self.is_gram:  # training KL of the last transitions, nats per position
+                    entry["kl"] = kl / ((self.step - mark[0]) * cfg.global_batch_size)
                 if count:  # accuracy over the rows that halted in this window, as the official train metrics
                     entry.update(exact_accuracy=exact / count, q_halt_accuracy=q_ok / count, mean_steps=steps / count)
                 bar.set_postfix(
@@ -189,17 +220,21 @@ class Trainer:
                 )
                 sums.zero_()
                 mark = (self.step, time.perf_counter())
+            collapse = None
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 self.last_eval = entry["eval"] = self.evaluate()
-                bar.write(
-                    f"step {self.step}: held-out exact accuracy {self.last_eval['exact_accuracy']:.4f} "
-                    f"(cells {self.last_eval['cell_accuracy']:.4f}, n={self.last_eval['n']})"
-                )
+                bar.write(f"step {self.step}: {describe_eval(self.last_eval)}")
+                collapse = self.collapse_reason(self.last_eval)
+                if collapse:
+                    entry["stopped"] = collapse
             if entry and main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": self.step, "elapsed": round(self.elapsed, 2), **entry}) + "\n")
-            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps or collapse:
                 self.save()
+            if collapse:
+                bar.close()
+                raise PosteriorCollapse(f"stopped at step {self.step}: {collapse}")
             bar.update(1)
         bar.close()
         return self.summary()
@@ -226,12 +261,76 @@ class Trainer:
             inputs[:limit][self.ddp.rank :: self.ddp.world],
             labels[:limit][self.ddp.rank :: self.ddp.world],
         )
+        if self.is_gram:
+            return self.evaluate_gram(inputs.astype(np.int64), labels.astype(np.int64))
         answers, _ = predict(self.eval_model(), inputs.astype(np.int64), 256, None, self.device, progress=False)
         sums = torch.tensor(
             [len(answers), (answers == labels).all(1).sum(), (answers == labels).mean(1).sum()], dtype=torch.float64
         )
         n, exact, cells = self.ddp.all_reduce(sums).tolist()
         return {"n": int(n), "exact_accuracy": exact / max(n, 1), "cell_accuracy": cells / max(n, 1)}
+
+    @torch.no_grad()
+    def evaluate_gram(self, inputs: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> dict:
+        """Prior-sampled rollouts next to posterior ones (target = label) on the held-out rows, one seeded sample
+        each; for a generator the prior side is the validity and distinct share of generated grids instead."""
+        model, cfg = self.eval_model(), self.cfg
+        sums = torch.zeros(6, dtype=torch.float64)  # rows, prior exact, prior cells, posterior exact, KL, LPRM error
+        for start in range(0, len(inputs), batch_size):
+            x = torch.as_tensor(inputs[start : start + batch_size], device=self.device)
+            y = torch.as_tensor(labels[start : start + batch_size], device=self.device)
+            ids = torch.zeros(len(x), dtype=torch.long, device=self.device)
+            rows = torch.arange(start, start + len(x), device=self.device) * self.ddp.world + self.ddp.rank
+            noise = counter_noise(rows + (cfg.seed << 20))
+            post = model.trajectory(x, ids, noise=noise, target=y)
+            post_hits = post.logits.argmax(-1) == y
+            parts = [len(x), 0.0, 0.0, post_hits.all(-1).sum(), post.kl.sum()]
+            if not cfg.generator:
+                prior = model.trajectory(x, ids, noise=noise)
+                hits = prior.logits.argmax(-1) == y
+                parts[1:3] = hits.all(-1).sum(), hits.float().mean(-1).sum()
+                value_err = (prior.value - hits.float().mean(-1)).abs().sum() if prior.value is not None else 0.0
+            else:
+                value_err = 0.0
+            sums += torch.tensor([float(v) for v in (*parts, value_err)], dtype=torch.float64)
+        n, exact, cells, post_exact, kl, value_err = self.ddp.all_reduce(sums).tolist()
+        n = max(n, 1)
+        c = model.config
+        result = {
+            "n": int(n),
+            "posterior_exact": post_exact / n,
+            "kl": kl / (n * c.halt_max_steps * c.H_cycles * c.total_len),  # nats per position per transition
+        }
+        if cfg.generator:
+            samples = sample_grids(model, int(n), seed=cfg.seed + 1, device=self.device)
+            report = generation_report(get_task(self.task), samples)
+            result.update(validity=report["validity"], distinct=report["distinct"])
+        else:
+            result.update(exact_accuracy=exact / n, cell_accuracy=cells / n, lprm_abs_error=value_err / n)
+        return result
+
+    def collapse_reason(self, ev: dict) -> str | None:
+        """Why GRAM training should stop (PTRM_GRAM.md §7), or None."""
+        cfg = self.cfg
+        if not self.is_gram or self.step < cfg.collapse_after:
+            return None
+        if cfg.collapse_min_kl is not None and ev["kl"] < cfg.collapse_min_kl:
+            return (
+                f"posterior collapse: the KL fell to {ev['kl']:.2e} nats per position (< collapse_min_kl "
+                f"{cfg.collapse_min_kl:g}); the noise carries no information. Try a smaller --beta or restart"
+            )
+        prior = ev.get("exact_accuracy")
+        if (
+            cfg.collapse_max_gap is not None
+            and prior is not None
+            and ev["posterior_exact"] - prior > cfg.collapse_max_gap
+        ):
+            return (
+                f"the prior fell behind the posterior: prior exact {prior:.3f} vs posterior {ev['posterior_exact']:.3f} "
+                f"(gap > collapse_max_gap {cfg.collapse_max_gap:g}); eps has become a private channel for y. "
+                "Try a larger --beta"
+            )
+        return None
 
     def save(self) -> None:
         """Write the resumable train state and the EMA checkpoint, each atomically (rank 0 writes; all ranks send)."""
@@ -243,6 +342,7 @@ class Trainer:
             "steps": self.steps,
             "halted": self.halted.to(torch.uint8),
             "explore_rng": self.explore.get_state(),
+            "noise_rng": self.noise_rng.get_state(),
         }
         gathered = {k: self.ddp.all_gather(v) for k, v in per_rank.items()}
         streams = [None] * self.ddp.world
@@ -296,6 +396,8 @@ class Trainer:
         self.carry = type(self.carry)(r["z_H"], r["z_L"])
         self.inputs, self.labels, self.steps, self.halted = r["inputs"], r["labels"], r["steps"], r["halted"].bool()
         self.explore.set_state(r["explore_rng"].cpu())
+        if "noise_rng" in r:
+            self.noise_rng.set_state(r["noise_rng"].cpu())
         self.stream.load_state_dict(meta["streams"][self.ddp.rank])
         self.step, self.elapsed, self.last_eval = meta["step"], meta["elapsed"], meta.get("last_eval")
         return True
@@ -315,3 +417,16 @@ class Trainer:
             "last_eval": self.last_eval,
             "config": self.cfg.to_dict(),
         }
+
+
+def describe_eval(ev: dict) -> str:
+    """One line for the progress bar and the CLI."""
+    if "validity" in ev:
+        return (
+            f"generated validity {ev['validity']:.4f}, distinct {ev['distinct']:.4f} (n={ev['n']}); "
+            f"posterior reconstruction {ev['posterior_exact']:.4f}, KL {ev['kl']:.4f}"
+        )
+    line = f"held-out exact accuracy {ev['exact_accuracy']:.4f} (cells {ev['cell_accuracy']:.4f}, n={ev['n']})"
+    if "posterior_exact" in ev:
+        line += f"; posterior exact {ev['posterior_exact']:.4f}, KL {ev['kl']:.4f}"
+    return line

@@ -1,0 +1,37 @@
+"""The asyncio facade: HTTP handlers submit and await; the engine thread does the work (SERVING.md §2.1).
+
+Admission errors (Overloaded, TooLarge, EngineStopped) raise at once, before anything is queued. A caller that is
+cancelled (a client that disconnected) cancels its request, and the engine drops its rows at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from engine.runtime.engine import Engine
+from engine.runtime.request import Request, SearchResult
+from engine.search import SearchParams
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        engine.start()
+
+    async def search(
+        self, puzzle: np.ndarray, params: SearchParams, puzzle_id: int = 0, request_id: str | None = None
+    ) -> SearchResult:
+        req = Request(self.engine.task, puzzle, params, puzzle_id)
+        if request_id:
+            req.id = request_id
+        self.engine.submit(req)
+        try:
+            return await asyncio.wrap_future(req.future)
+        except asyncio.CancelledError:
+            self.engine.cancel(req)
+            raise
+
+    async def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
+        await asyncio.to_thread(self.engine.shutdown, drain, timeout)

@@ -1,0 +1,265 @@
+"""The engine loop: one thread owns the model; every iteration runs one supervision step for the scheduled rows.
+
+    drop     requests past their deadline or cancelled (their rows leave now)
+    pick     rows of many requests, FIFO with a per-request cap (scheduler)
+    run      one step on the runner
+    update   rows' answers and q; early exit when a row verifies (or is confident); finished requests are selected
+             and resolved
+
+Continuous batching at supervision-step granularity: new rows join at any boundary with a reset carry, finished rows
+leave. `submit` and `cancel` are safe from any thread; `run_until_idle` drives the loop in the calling thread (for
+evaluation), `start` in a background thread (for the server).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.runtime.request import Cancelled, DeadlineExceeded, Request, RequestError, SearchResult, Timing
+from engine.runtime.runner import Batch, Runner
+from engine.runtime.scheduler import Limits, Scheduler
+from engine.search import select, selection_of
+from engine.tasks import Task
+
+log = logging.getLogger(__name__)
+PACE_DECAY = 0.9  # smoothing of the measured row-steps/s used for Retry-After
+
+
+@dataclass
+class Stats:
+    """Counters and gauges from the engine's own state (read by the server's metrics)."""
+
+    steps: int = 0  # engine iterations that ran a batch
+    row_steps: int = 0  # rows x supervision steps run
+    padded_row_steps: int = 0  # ... including bucket padding (what the device computed)
+    rows_started: int = 0
+    requests_finished: int = 0
+    busy_s: float = 0.0
+    running_rows: int = 0  # rows in the last step
+    last_step_s: float = 0.0
+
+
+class Engine:
+    def __init__(self, runner: Runner, task: Task, limits: Limits | None = None):
+        limits = limits or Limits(max_batch=runner.max_batch)
+        if limits.max_batch > runner.max_batch:
+            raise ValueError(f"limits.max_batch {limits.max_batch} exceeds the runner's {runner.max_batch}")
+        self.runner, self.task = runner, task
+        self.scheduler = Scheduler(limits, runner.slots)
+        self.stats = Stats()
+        self.on_step: list[Callable[[int, int, float], None]] = []  # (rows, bucket rows, seconds)
+        self.on_resolve: list[Callable[[Request, SearchResult | None, RequestError | None], None]] = []
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+    # -- any thread -------------------------------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> Request:
+        """Admit a request (raises Overloaded, TooLarge or EngineStopped at once) and return it; await
+        `request.future` for the SearchResult."""
+        if len(request.puzzle) != self.task.seq_len:
+            raise ValueError(
+                f"puzzle has {len(request.puzzle)} tokens; task {self.task.name} needs {self.task.seq_len}"
+            )
+        self.scheduler.admit(request)
+        self._wake.set()
+        return request
+
+    def cancel(self, request: Request) -> None:
+        request.cancel()
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="trm-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Refuse new requests; finish (drain) or cancel the admitted ones; stop the loop thread."""
+        self.scheduler.draining = True
+        if not drain:
+            for req in list(self.scheduler.active) + list(self.scheduler._inbox):
+                req.cancel()
+        self._wake.set()
+        if self._thread is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self.busy and (deadline is None or time.monotonic() < deadline):
+                time.sleep(0.01)
+            self._stop = True
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+
+    @property
+    def busy(self) -> bool:
+        return self.scheduler.queued[0] > 0
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop:
+            try:
+                worked = self.step()
+            except Exception as e:  # a failed step fails its requests, never the loop
+                log.exception("engine step failed")
+                for req in list(self.scheduler.active):
+                    self._fail(req, RequestError(f"engine error: {type(e).__name__}: {e}"))
+                continue
+            if not worked:
+                self._wake.wait(0.05)
+                self._wake.clear()
+
+    def run_until_idle(self) -> None:
+        while self.busy:
+            self.step()
+
+    def step(self) -> bool:
+        """One iteration; False when there was nothing to run."""
+        sched = self.scheduler
+        sched.take_inbox()
+        now = time.monotonic()
+        for req in list(sched.active):
+            if req.cancelled or req.future.cancelled():
+                self._fail(req, Cancelled("cancelled"))
+            elif now > req.deadline:
+                self._fail(req, DeadlineExceeded(f"deadline of {req.params.timeout_s} s passed"))
+        plan = sched.pick()
+        if not plan:
+            return False
+        batch = self._batch(plan)
+        start = time.perf_counter()
+        out = self.runner.run(batch)
+        elapsed = time.perf_counter() - start
+        self._account(len(batch.slots), elapsed)
+        self._update(plan, out, now)
+        return True
+
+    def _batch(self, plan: list[tuple[Request, np.ndarray]]) -> Batch:
+        parts = []
+        for req, rows in plan:
+            if req.started is None:
+                req.started = time.monotonic()
+            p = req.params
+            n = len(rows)
+            parts.append(
+                (
+                    req.slot[rows],
+                    req.steps_done[rows] == 0,
+                    np.broadcast_to(req.puzzle, (n, len(req.puzzle))),
+                    np.full(n, req.puzzle_id),
+                    req.seeds[rows],
+                    req.steps_done[rows],
+                    np.full(n, p.sigma_z, dtype=np.float32),
+                    np.full(n, p.sigma_y, dtype=np.float32),
+                )
+            )
+        self.stats.rows_started += int(sum(f.sum() for _, f, *_ in parts))
+        return Batch(*(np.concatenate(cols) for cols in zip(*parts)))
+
+    def _account(self, rows: int, elapsed: float) -> None:
+        s = self.stats
+        bucket = next(b for b in self.runner.buckets if b >= rows) if self.runner.static else rows
+        s.steps += 1
+        s.row_steps += rows
+        s.padded_row_steps += bucket
+        s.busy_s += elapsed
+        s.running_rows, s.last_step_s = rows, elapsed
+        pace = rows / max(elapsed, 1e-9)
+        old = self.scheduler.row_steps_per_s
+        self.scheduler.row_steps_per_s = pace if old == 0 else PACE_DECAY * old + (1 - PACE_DECAY) * pace
+        for hook in self.on_step:
+            hook(rows, bucket, elapsed)
+
+    def _update(self, plan: list[tuple[Request, np.ndarray]], out, now: float) -> None:
+        i = 0
+        for req, rows in plan:
+            j = i + len(rows)
+            req.steps_done[rows] += 1
+            req.answers[rows] = out.answers[i:j]
+            req.q[rows] = out.q[i:j]
+            if out.value is not None:
+                req.value = req.value if req.value is not None else np.zeros(req.rows, np.float32)
+                req.value[rows] = out.value[i:j]
+            if out.log_prior is not None:
+                req.log_prior = req.log_prior if req.log_prior is not None else np.zeros(req.rows, np.float32)
+                req.log_prior[rows] += out.log_prior[i:j]
+            i = j
+            self.scheduler.free_rows(req, rows[req.steps_done[rows] >= req.params.steps])
+            for d in req.record_steps:
+                if d not in req.history and (req.steps_done >= d).all():
+                    req.history[d] = req.row_view()
+            if self._early_exit(req, rows):
+                continue
+            if (req.steps_done >= req.params.steps).all():
+                self._resolve(req, "completed")
+
+    def _early_exit(self, req: Request, rows: np.ndarray) -> bool:
+        """Resolve `req` now if one of the rows just run gives an answer good enough to stop (beyond the papers)."""
+        policy = req.params.early_exit
+        if policy == "off":
+            return False
+        if policy == "verified" and self.task.has_rule_verifier:
+            ok = self.task.verify_batch(np.broadcast_to(req.puzzle, (len(rows), len(req.puzzle))), req.answers[rows])
+        else:  # "confident", or "verified" on a task without a rule verifier
+            ok = 1 / (1 + np.exp(-req.q[rows].astype(np.float64))) >= req.params.confidence
+        if not ok.any():
+            return False
+        self._resolve(req, "early_exit", winner=int(rows[ok][np.argmax(req.q[rows][ok])]))
+        return True
+
+    # -- resolution -------------------------------------------------------------------------------------------------
+
+    def _resolve(self, req: Request, finish: str, winner: int | None = None) -> None:
+        started = np.flatnonzero(req.steps_done > 0)
+        rows = req.row_view(started)
+        if self.task.has_rule_verifier:
+            rows.verified = self.task.verify_batch(np.broadcast_to(req.puzzle, rows.answers.shape), rows.answers)
+        try:
+            if winner is not None:
+                selection = selection_of(rows, int(np.searchsorted(started, winner)), "early_exit")
+            else:
+                selection = select(rows, req.params.selector, self.likelihood_fn(req))
+        except ValueError as e:
+            self._fail(req, RequestError(str(e)))
+            return
+        answer = rows.answers[selection.index]
+        now = time.monotonic()
+        result = SearchResult(
+            request_id=req.id,
+            answer=answer,
+            selection=selection,
+            verified=bool(rows.verified[selection.index]) if rows.verified is not None else None,
+            rows=rows,
+            rollouts=len(started),
+            row_steps=int(req.steps_done.sum()),
+            steps=int(req.steps_done.max()),
+            finish=finish,
+            timing=Timing(req.started - req.submitted, now - req.started, now - req.submitted),
+            history=req.history,
+        )
+        self.scheduler.remove(req)
+        self.stats.requests_finished += 1
+        if not req.future.cancelled():
+            req.future.set_result(result)
+        for hook in self.on_resolve:
+            hook(req, result, None)
+
+    def _fail(self, req: Request, error: RequestError) -> None:
+        self.scheduler.remove(req)
+        if not req.future.cancelled():
+            req.future.set_exception(error)
+        for hook in self.on_resolve:
+            hook(req, None, error)
+
+    def likelihood_fn(self, req: Request):
+        """Scores distinct candidates by the GRAM ELBO for the `likelihood` selector (None for TRM checkpoints)."""
+        score = getattr(self.runner, "likelihood", None)
+        if score is None or not hasattr(self.runner.model, "elbo"):
+            return None
+        return lambda candidates: score(req.puzzle, req.puzzle_id, candidates, req.params)

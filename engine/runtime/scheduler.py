@@ -1,0 +1,120 @@
+"""The scheduler: bounded admission, and which rows run at the next supervision step.
+
+Admission is synchronous (any thread): a request is refused at once when the queued requests or rows would pass
+their caps, before any work is spent on it (SERVING.md §2.4). Admitted requests wait in an inbox that the engine
+thread drains at each step boundary.
+
+Picking rows (engine thread) is FIFO over requests in two passes: first every request gets up to
+`rows_per_request` rows, so one huge K cannot starve the others; then leftover room goes FIFO without the cap.
+Within a request, rows already in flight go before new ones, and a new row needs a free carry slot.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.runtime.request import EngineStopped, Overloaded, Request, TooLarge
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int = 64  # rows per step
+    max_requests: int = 256  # queued + running requests
+    max_rows: int = 4096  # queued + running rows (a request counts its K)
+    rows_per_request: int = 32  # rows one request may take per step while others are waiting
+
+
+class Scheduler:
+    def __init__(self, limits: Limits, slots: int):
+        self.limits = limits
+        self.active: list[Request] = []  # admitted, in FIFO order (engine thread)
+        self.free_slots = deque(range(slots))
+        self._inbox: deque[Request] = deque()
+        self._lock = threading.Lock()
+        self._requests = self._rows = 0  # admitted and not yet resolved
+        self.draining = False
+        self.row_steps_per_s = 0.0  # recent throughput, for Retry-After
+
+    # -- any thread -------------------------------------------------------------------------------------------------
+
+    def admit(self, request: Request) -> None:
+        lim = self.limits
+        if request.rows > lim.max_rows:
+            raise TooLarge(f"rollouts {request.rows} exceed the engine's row limit {lim.max_rows}")
+        with self._lock:
+            if self.draining:
+                raise EngineStopped("the engine is shutting down")
+            if self._requests + 1 > lim.max_requests:
+                raise Overloaded("queued requests", lim.max_requests, self.retry_after())
+            if self._rows + request.rows > lim.max_rows:
+                raise Overloaded("queued rows", lim.max_rows, self.retry_after())
+            self._requests += 1
+            self._rows += request.rows
+            self._inbox.append(request)
+
+    def release(self, request: Request) -> None:
+        """A resolved request frees its admission share."""
+        with self._lock:
+            self._requests -= 1
+            self._rows -= request.rows
+
+    def retry_after(self) -> float:
+        """Seconds until the queued work would be done at the recent pace (1..60)."""
+        work = sum(int((r.params.steps - r.steps_done).sum()) for r in list(self.active) + list(self._inbox))
+        if self.row_steps_per_s <= 0:
+            return 1.0
+        return float(min(60, max(1, math.ceil(work / self.row_steps_per_s))))
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """(requests, rows) admitted and not yet resolved."""
+        return self._requests, self._rows
+
+    # -- engine thread ----------------------------------------------------------------------------------------------
+
+    def take_inbox(self) -> None:
+        while self._inbox:
+            self.active.append(self._inbox.popleft())
+
+    def pick(self) -> list[tuple[Request, np.ndarray]]:
+        """Rows for the next step: [(request, row indices)], at most max_batch rows in all. Assigns slots."""
+        lim = self.limits
+        room = lim.max_batch
+        taken: dict[int, list[int]] = {}
+        for cap in (lim.rows_per_request, lim.max_batch):
+            for req in self.active:
+                if room == 0:
+                    break
+                mine = taken.setdefault(id(req), [])
+                alive = req.steps_done < req.params.steps
+                started = req.slot >= 0
+                chosen = set(mine)
+                for row in np.concatenate((np.flatnonzero(alive & started), np.flatnonzero(alive & ~started))):
+                    if len(mine) >= cap or room == 0:
+                        break
+                    if row in chosen:
+                        continue
+                    if req.slot[row] < 0:
+                        if not self.free_slots:
+                            break
+                        req.slot[row] = self.free_slots.popleft()
+                    mine.append(int(row))
+                    room -= 1
+        return [(req, np.array(taken[id(req)])) for req in self.active if taken.get(id(req))]
+
+    def free_rows(self, req: Request, rows: np.ndarray) -> None:
+        for row in rows:
+            if req.slot[row] >= 0:
+                self.free_slots.append(int(req.slot[row]))
+                req.slot[row] = -1
+
+    def remove(self, req: Request) -> None:
+        """Take a resolved request out: its slots and its admission share come back."""
+        self.free_rows(req, np.arange(req.rows))
+        self.active.remove(req)
+        self.release(req)

@@ -1,0 +1,68 @@
+"""SearchParams: how one request is searched (K rollouts, D supervision steps, noise, selection, early exit, deadline).
+
+Defaults come from the checkpoint: its config.json may hold a "search" section; otherwise PTRM's per-task settings
+(PTRM_GRAM.md §1, table) with K capped at 16 so a default request stays cheap on a CPU, and D = the trained N_sup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+NOISE_TARGETS = ("z", "y", "both")  # z = z_L, the paper's target; y = z_H; both
+SELECTORS = ("q", "vote", "verifier", "likelihood", "prior", "lprm")
+EARLY_EXIT = ("off", "verified", "confident")
+
+# PTRM's per-task noise scale (PTRM_GRAM.md §1): Sudoku-Extreme 0.3, Maze-Hard 1.0, ARC-AGI-2 0.2.
+PTRM_NOISE = {"sudoku": 0.3, "maze": 1.0, "arc": 0.2}
+DEFAULT_ROLLOUTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class SearchParams:
+    rollouts: int = 1  # K rows, each an independent rollout
+    steps: int = 16  # D supervision steps per row (no ACT halting: PTRM §3.2)
+    noise: float = 0.0  # sigma of the N(0, sigma^2) added before every step (TRM); unused by GRAM (learned prior)
+    noise_target: str = "z"
+    selector: str = "q"
+    seed: int = 0
+    early_exit: str = "off"  # "verified": stop once a row's answer passes the rule verifier; "confident": sigmoid(q)
+    confidence: float = 0.95  # the "confident" threshold on sigmoid(q_halt)
+    timeout_s: float | None = None  # deadline, counted from submission
+
+    def __post_init__(self):
+        _require(self.rollouts >= 1, f"rollouts must be at least 1, got {self.rollouts}")
+        _require(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        _require(self.noise >= 0, f"noise must be non-negative, got {self.noise}")
+        _require(self.noise_target in NOISE_TARGETS, f"noise_target must be one of {NOISE_TARGETS}")
+        _require(self.selector in SELECTORS, f"selector must be one of {SELECTORS}, got {self.selector!r}")
+        _require(self.early_exit in EARLY_EXIT, f"early_exit must be one of {EARLY_EXIT}, got {self.early_exit!r}")
+        _require(0 < self.confidence < 1, f"confidence must be in (0, 1), got {self.confidence}")
+        _require(self.timeout_s is None or self.timeout_s > 0, f"timeout_s must be positive, got {self.timeout_s}")
+
+    @property
+    def sigma_z(self) -> float:
+        return self.noise if self.noise_target in ("z", "both") else 0.0
+
+    @property
+    def sigma_y(self) -> float:
+        return self.noise if self.noise_target in ("y", "both") else 0.0
+
+    def replace(self, **changes) -> SearchParams:
+        return dataclasses.replace(self, **changes)
+
+
+def default_params(task: str, arch: str, halt_max_steps: int, search: dict | None = None) -> SearchParams:
+    """A checkpoint's defaults: its config.json "search" section over PTRM's per-task settings."""
+    base = SearchParams(
+        rollouts=DEFAULT_ROLLOUTS,
+        steps=halt_max_steps,
+        noise=PTRM_NOISE.get(task, 0.3) if arch == "trm" else 0.0,
+        selector="q" if arch == "trm" else "vote",  # GRAM selects by vote (or LPRM) in its paper (§4.6)
+    )
+    return base.replace(**(search or {}))
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

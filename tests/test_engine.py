@@ -1,0 +1,192 @@
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from engine.runtime import (
+    AsyncEngine,
+    Cancelled,
+    DeadlineExceeded,
+    Engine,
+    EngineStopped,
+    Limits,
+    Overloaded,
+    Request,
+    Runner,
+    TooLarge,
+    bucket_ladder,
+)
+from engine.search import SearchParams, run_rollouts
+from engine.tasks import get_task
+from engine.tasks.sudoku import Sudoku
+
+SUDOKU = get_task("sudoku")
+
+
+def puzzle(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(1, 11, 81)
+
+
+def engine(model, max_batch=16, static=False, task=SUDOKU, **limits) -> Engine:
+    return Engine(Runner(model, max_batch=max_batch, static=static), task, Limits(max_batch=max_batch, **limits))
+
+
+def solve(eng: Engine, *requests: Request) -> list:
+    for r in requests:
+        eng.submit(r)
+    eng.run_until_idle()
+    return [r.future.result() for r in requests]
+
+
+def test_bucket_ladder():
+    assert bucket_ladder(64) == [1, 2, 4, 8, 16, 32, 48, 64]
+    assert bucket_ladder(20) == [1, 2, 4, 8, 16, 20]
+
+
+def test_engine_equals_the_plain_rollout_loop(tiny_model):
+    p = SearchParams(rollouts=5, steps=3, noise=0.7, seed=3)
+    (res,) = solve(engine(tiny_model), Request(SUDOKU, puzzle(), p))
+    ref = run_rollouts(tiny_model, puzzle(), p)
+    assert np.array_equal(res.rows.answers, ref["answers"])
+    np.testing.assert_allclose(res.rows.q, ref["q"], rtol=1e-5, atol=1e-5)
+    assert res.selection.index == int(np.argmax(ref["q"]))
+    assert (res.rollouts, res.row_steps, res.steps, res.finish) == (5, 15, 3, "completed")
+    assert res.verified is False  # a random model's answer breaks the rules
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_same_seed_same_answer_alone_and_in_a_full_mixed_bucket(tiny_model, static):
+    p = SearchParams(rollouts=3, steps=4, noise=0.5, seed=11)
+    (alone,) = solve(engine(tiny_model, max_batch=3, static=static), Request(SUDOKU, puzzle(1), p))
+    # The same request among others with other puzzles, seeds, noise targets and step counts, in a padded bucket.
+    others = [
+        Request(SUDOKU, puzzle(2), SearchParams(rollouts=6, steps=2, noise=1.0, seed=1)),
+        Request(SUDOKU, puzzle(3), SearchParams(rollouts=4, steps=6, noise=0.2, noise_target="both")),
+    ]
+    mixed = solve(engine(tiny_model, max_batch=13, static=static), others[0], Request(SUDOKU, puzzle(1), p), others[1])
+    assert np.array_equal(mixed[1].rows.answers, alone.rows.answers)
+    np.testing.assert_allclose(mixed[1].rows.q, alone.rows.q, rtol=1e-5, atol=1e-5)
+    assert mixed[1].selection.index == alone.selection.index
+
+
+def test_admission_refuses_past_the_request_and_row_limits(tiny_model):
+    eng = engine(tiny_model, max_requests=2, max_rows=10)
+    eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=4, steps=1)))
+    eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=4, steps=1)))
+    with pytest.raises(Overloaded, match="queued requests") as e:
+        eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=1)))
+    assert e.value.retry_after >= 1 and e.value.limit == 2
+    eng2 = engine(tiny_model, max_rows=10)
+    eng2.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=8)))
+    with pytest.raises(Overloaded, match="queued rows"):
+        eng2.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=3)))
+    with pytest.raises(TooLarge, match="row limit 10"):
+        eng2.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=11)))
+    eng.run_until_idle()  # admitted work completes and frees its share
+    eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=1)))
+
+
+def test_per_request_row_cap_lets_a_later_request_in(tiny_model):
+    eng = engine(tiny_model, max_batch=8, rows_per_request=2)
+    big = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=20, steps=2)))
+    small = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=2, steps=2)))
+    eng.step()
+    assert small.steps_done.tolist() == [1, 1]  # ran in the very first step, beside the huge K
+    assert (big.steps_done == 1).sum() == 6  # 2 under the cap, then the leftover room
+    eng.run_until_idle()
+    assert small.future.result().row_steps == 4 and big.future.result().row_steps == 40
+
+
+def test_deadline_removes_the_rows(tiny_model):
+    eng = engine(tiny_model)
+    slow = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=4, steps=1000, timeout_s=0.05)))
+    fast = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=2, steps=2)))
+    eng.step()
+    time.sleep(0.06)
+    eng.run_until_idle()
+    with pytest.raises(DeadlineExceeded):
+        slow.future.result()
+    assert fast.future.result().row_steps == 4
+    assert eng.scheduler.active == [] and len(eng.scheduler.free_slots) == eng.runner.slots
+    assert slow.steps_done.max() < 1000
+
+
+def test_cancellation_removes_the_rows_at_the_next_step(tiny_model):
+    eng = engine(tiny_model)
+    req = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=4, steps=50)))
+    eng.step()
+    eng.cancel(req)
+    eng.step()
+    with pytest.raises(Cancelled):
+        req.future.result()
+    assert req.steps_done.max() == 1 and not eng.busy and len(eng.scheduler.free_slots) == eng.runner.slots
+
+
+class AlwaysValid(Sudoku):
+    """Sudoku whose verifier accepts anything: exercises the early-exit path with a random model."""
+
+    def verify_batch(self, puzzles, answers):
+        return np.ones(len(answers), dtype=bool)
+
+
+def test_early_exit_on_a_verified_row_stops_the_request(tiny_model):
+    eng = engine(tiny_model, max_batch=4, task=AlwaysValid())
+    p = SearchParams(rollouts=10, steps=16, early_exit="verified")
+    (res,) = solve(eng, Request(eng.task, puzzle(), p))
+    assert res.finish == "early_exit" and res.selection.selector == "early_exit"
+    assert res.row_steps == 4 and res.rollouts == 4 and res.verified  # one step of the first 4 rows
+
+
+def test_early_exit_on_confidence_without_a_verifier(tiny_model):
+    with torch.no_grad():
+        tiny_model.q_head.weight.zero_()
+        tiny_model.q_head.bias.fill_(5.0)  # sigmoid(5) = 0.993
+    eng = engine(tiny_model)
+    p = SearchParams(rollouts=3, steps=8, early_exit="confident", confidence=0.99)
+    (res,) = solve(eng, Request(SUDOKU, puzzle(), p))
+    assert res.finish == "early_exit" and res.row_steps == 3
+    (strict,) = solve(eng, Request(SUDOKU, puzzle(), p.replace(confidence=0.999)))
+    assert strict.finish == "completed" and strict.row_steps == 24
+
+
+def test_record_steps_keeps_the_depth_history(tiny_model):
+    p = SearchParams(rollouts=2, steps=4, noise=0.3)
+    req = Request(SUDOKU, puzzle(), p, record_steps=(1, 4))
+    (res,) = solve(engine(tiny_model), req)
+    short = run_rollouts(tiny_model, puzzle(), p.replace(steps=1))
+    assert sorted(res.history) == [1, 4]
+    assert np.array_equal(res.history[1].answers, short["answers"])
+    assert np.array_equal(res.history[4].answers, res.rows.answers)
+
+
+def test_async_facade_solves_and_a_cancelled_caller_frees_its_rows(tiny_model):
+    async def main():
+        fe = AsyncEngine(engine(tiny_model))
+        res = await fe.search(puzzle(), SearchParams(rollouts=2, steps=2))
+        assert res.row_steps == 4
+        task = asyncio.create_task(fe.search(puzzle(), SearchParams(rollouts=4, steps=100_000)))
+        while fe.engine.stats.row_steps < 12:  # the long search is running
+            await asyncio.sleep(0.01)
+        task.cancel()  # what a disconnecting HTTP client does
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(200):
+            if not fe.engine.busy:
+                break
+            await asyncio.sleep(0.01)
+        assert not fe.engine.busy and len(fe.engine.scheduler.free_slots) == fe.engine.runner.slots
+        await fe.shutdown()
+        with pytest.raises(EngineStopped):
+            await fe.search(puzzle(), SearchParams())
+
+    asyncio.run(main())
+
+
+def test_shutdown_drains_admitted_requests(tiny_model):
+    eng = engine(tiny_model)
+    eng.start()
+    req = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=2, steps=3)))
+    eng.shutdown(drain=True)
+    assert req.future.result(timeout=0).row_steps == 6

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+
+from engine.search import Rows, SearchParams, default_params, run_rollouts, select
+from engine.tasks import get_task
+
+SUDOKU = get_task("sudoku")
+
+
+def puzzle(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(1, 11, 81)
+
+
+def test_k1_without_noise_is_the_deterministic_trm(tiny_model):
+    model, x = tiny_model, puzzle()
+    out = run_rollouts(model, x, SearchParams(rollouts=1, steps=3, noise=0.0))
+    with torch.no_grad():
+        logits, q = model.rollout(torch.as_tensor(x)[None], torch.zeros(1, dtype=torch.long), 3)
+    assert np.array_equal(out["answers"][0], logits.argmax(-1)[0].numpy())
+    assert out["q"][0] == q[0, 0].item()
+
+
+def test_noise_makes_rows_differ_and_a_seed_repeats_them(tiny_model):
+    model, x = tiny_model, puzzle()
+    p = SearchParams(rollouts=4, steps=2, noise=1.0, seed=7)
+    a, b = run_rollouts(model, x, p), run_rollouts(model, x, p)
+    assert np.array_equal(a["q"], b["q"]) and np.array_equal(a["answers"], b["answers"])
+    assert len(set(a["q"].tolist())) == 4  # every row has its own stream
+    c = run_rollouts(model, x, p.replace(seed=8))
+    assert not np.array_equal(a["q"], c["q"])
+    # Row r of a K-row search is row r of any larger search with the same seed (width sweeps reuse one run).
+    wide = run_rollouts(model, x, p.replace(rollouts=6))
+    np.testing.assert_allclose(wide["q"][:4], a["q"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["z", "y", "both"])
+def test_noise_targets(target, tiny_model):
+    model, x = tiny_model, puzzle()
+    clean = run_rollouts(model, x, SearchParams(rollouts=2, steps=2))
+    noisy = run_rollouts(model, x, SearchParams(rollouts=2, steps=2, noise=0.5, noise_target=target))
+    assert not np.array_equal(clean["q"], noisy["q"])
+
+
+def rows(answers, q, verified=None, **kw) -> Rows:
+    return Rows(
+        np.array(answers), np.array(q, dtype=np.float32), None if verified is None else np.array(verified), **kw
+    )
+
+
+def test_q_selects_the_largest_halt_logit():
+    s = select(rows([[1, 2], [3, 4], [1, 2]], [0.5, 2.0, -1.0]), "q")
+    assert s.index == 1 and s.agreement == pytest.approx(1 / 3) and s.confidence == pytest.approx(1 / (1 + np.exp(-2)))
+
+
+def test_vote_selects_the_mode_and_breaks_ties_by_mean_confidence():
+    r = rows([[1, 2], [3, 4], [1, 2], [5, 6]], [-3.0, 9.0, -2.0, 0.0])
+    s = select(r, "vote")
+    assert s.index == 2 and s.agreement == 0.5  # the [1, 2] pair wins; its higher-q member is returned
+    tie = rows([[1, 2], [3, 4], [3, 4], [1, 2]], [0.0, 1.0, 1.0, 0.0])
+    assert select(tie, "vote").index == 1
+
+
+def test_verifier_prefers_verified_rows_then_q():
+    r = rows([[1], [2], [3]], [5.0, 1.0, 2.0], verified=[False, True, True])
+    assert select(r, "verifier").index == 2
+    assert select(rows([[1], [2]], [0.0, 1.0], verified=[False, False]), "verifier").index == 1
+
+
+def test_value_and_prior_selectors_need_their_heads():
+    r = rows([[1], [2], [3]], [5.0, 1.0, 2.0], value=np.array([0.1, 0.9, 0.5]), log_prior=np.array([-3.0, -9, -1]))
+    assert select(r, "lprm").index == 1 and select(r, "prior").index == 2
+    with pytest.raises(ValueError, match="LPRM"):
+        select(rows([[1]], [0.0]), "lprm")
+    with pytest.raises(ValueError, match="GRAM"):
+        select(rows([[1]], [0.0]), "likelihood")
+
+
+def test_likelihood_ranks_distinct_candidates():
+    seen = []
+
+    def elbo(candidates):
+        seen.append(candidates)
+        return -np.abs(candidates[:, 0] - 3).astype(float)  # candidate [3, *] is the likeliest
+
+    r = rows([[1, 0], [3, 0], [1, 0], [3, 0]], [9.0, 0.0, 9.0, 1.0])
+    s = select(r, "likelihood", elbo)
+    assert s.index == 3 and len(seen[0]) == 2  # scored once per distinct answer; best-q member of the group
+
+
+def test_params_validation_and_defaults():
+    with pytest.raises(ValueError, match="rollouts"):
+        SearchParams(rollouts=0)
+    with pytest.raises(ValueError, match="selector"):
+        SearchParams(selector="best")
+    p = default_params("maze", "trm", 16)
+    assert (p.noise, p.selector, p.steps) == (1.0, "q", 16)
+    assert default_params("sudoku", "trm", 16, {"rollouts": 4}).rollouts == 4
+    assert SearchParams(noise=0.3, noise_target="both").sigma_y == 0.3
+    assert SearchParams(noise=0.3).sigma_y == 0.0
