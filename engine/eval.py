@@ -1,7 +1,12 @@
-"""`engine-eval`: accuracy of a checkpoint on a puzzle file, deterministic TRM (K=1), batched.
+"""`engine-eval`: accuracy of a checkpoint on a puzzle file under a search budget, through the serving engine.
 
 Puzzle files hold one puzzle per line (lines starting with '#' are comments); an optional solutions file holds one
-answer per puzzle line, in the same order. Without solutions, only the rule verifier scores the answers.
+answer per puzzle line, in the same order. Without solutions, the rule verifier decides what is correct.
+
+With K rollouts it reports, besides the selected answer's accuracy, PTRM's pass@K, best-Q@K and mode@K and the
+accuracy of every selector the checkpoint supports (PTRM_GRAM.md §3.3). `--sweep` measures width (K) and depth (D)
+scaling in one run: row r of a K-row search is row r of any wider search with the same seed, and the engine keeps
+every row's answers at the depths of the ladder. `--counts` (or a task solver) gives multi-solution coverage.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from tqdm import tqdm
 
 from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.machine import describe
+from engine.runtime import Engine, Limits, Request, Runner, SearchResult
+from engine.search import SELECTORS, Rows, SearchParams, default_params, select
 from engine.tasks import PuzzleError, Task, get_task
 
 
@@ -51,7 +58,8 @@ def encode_all(task: Task, lines: list[str], path: str, answers: bool = False) -
 def predict(
     model, inputs: np.ndarray, batch_size: int, steps: int | None, device: str, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Final-step argmax answers [N, seq_len] and Q-halt logits [N]."""
+    """Deterministic TRM (K=1, no noise) in plain batches: final-step answers [N, seq_len] and Q-halt logits [N].
+    The trainer's quick held-out check; serving-shaped evaluation goes through `search_all`."""
     answers, q_halt = [], []
     for start in tqdm(range(0, len(inputs), batch_size), desc="eval", unit="batch", leave=False, disable=not progress):
         x = torch.as_tensor(inputs[start : start + batch_size], device=device)
@@ -61,31 +69,167 @@ def predict(
     return np.concatenate(answers), np.concatenate(q_halt)
 
 
-def evaluate(
-    task: Task, puzzles: np.ndarray, answers: np.ndarray, q_halt: np.ndarray, solutions: np.ndarray | None
-) -> dict:
-    n = len(puzzles)
-    result = {"n": n, "verified": float(task.verify_batch(puzzles, answers).mean()) if task.has_rule_verifier else None}
+def search_all(
+    engine: Engine, puzzles: np.ndarray, params: SearchParams, record_steps: tuple[int, ...] = (), progress=True
+) -> list[SearchResult]:
+    """Every puzzle as one request through the engine (continuous batching over all of them)."""
+    requests = [engine.submit(Request(engine.task, p, params, record_steps=record_steps)) for p in puzzles]
+    with tqdm(total=len(requests), desc="search", unit="puzzle", leave=False, disable=not progress) as bar:
+        while engine.busy:
+            engine.step()
+            bar.update(engine.stats.requests_finished - bar.n)
+    return [r.future.result() for r in requests]
+
+
+def correct(task: Task, puzzles: np.ndarray, answers: np.ndarray, solutions: np.ndarray | None) -> np.ndarray:
+    """Per-answer correctness: exact match with the solution, or the rule verifier when there is none."""
     if solutions is not None:
-        exact = (answers == solutions).all(axis=1)
+        return (answers == solutions).all(axis=-1)
+    return task.verify_batch(puzzles, answers)
+
+
+def score(
+    task: Task,
+    puzzles: np.ndarray,
+    rows: list[Rows],
+    solutions: np.ndarray | None,
+    selector: str,
+    likelihoods: list | None = None,
+) -> dict:
+    """Accuracy of the selected answers and, over the rows, pass@K, best-Q@K, mode@K and each usable selector."""
+    n, K = len(puzzles), len(rows[0].q)
+    if task.has_rule_verifier:
+        for p, r in zip(puzzles, rows):
+            if r.verified is None:
+                r.verified = task.verify_batch(np.broadcast_to(p, r.answers.shape), r.answers)
+    ok = [
+        correct(task, np.broadcast_to(p, r.answers.shape), r.answers, s)
+        for p, r, s in zip(puzzles, rows, _sol(solutions, n))
+    ]
+    selectors = [s for s in SELECTORS if _usable(s, rows[0], likelihoods)]
+    picked = {
+        s: [select(r, s, likelihoods[i] if likelihoods else None).index for i, r in enumerate(rows)] for s in selectors
+    }
+    acc = {s: float(np.mean([ok[i][j] for i, j in enumerate(picked[s])])) for s in selectors}
+    chosen = np.stack([r.answers[j] for r, j in zip(rows, picked[selector])])
+    result = {"n": n, "exact_accuracy": acc[selector]}
+    if task.has_rule_verifier:
+        result["verified"] = float(task.verify_batch(puzzles, chosen).mean())
+    if solutions is not None:
+        result["cell_accuracy"] = float((chosen == solutions).mean())
+    if K > 1:
         result.update(
-            exact_accuracy=float(exact.mean()),
-            cell_accuracy=float((answers == solutions).mean()),
-            q_halt_accuracy=float(((q_halt >= 0) == exact).mean()),
+            pass_at_k=float(np.mean([o.any() for o in ok])),
+            best_q_at_k=acc["q"],
+            mode_at_k=acc["vote"],
+            selector_accuracy=acc,
         )
-    result["mean_confidence"] = float(torch.sigmoid(torch.from_numpy(q_halt)).mean())
+    q = np.array([r.q[j] for r, j in zip(rows, picked[selector])], dtype=np.float64)
+    result["q_halt_accuracy"] = float(((q >= 0) == np.array([o[j] for o, j in zip(ok, picked[selector])])).mean())
+    result["mean_confidence"] = float((1 / (1 + np.exp(-q))).mean())
     return result
+
+
+def coverage(task: Task, puzzles: np.ndarray, rows: list[Rows], counts: np.ndarray) -> dict:
+    """GRAM Table 1: validity (share of all rows that are valid answers) and coverage (distinct valid answers found
+    over the number of solutions, averaged over puzzles)."""
+    valid, cover = [], []
+    for p, r, c in zip(puzzles, rows, counts):
+        ok = task.verify_batch(np.broadcast_to(p, r.answers.shape), r.answers)
+        valid.append(ok.mean())
+        cover.append(len(np.unique(r.answers[ok], axis=0)) / c if c else 0.0)
+    return {
+        "validity": float(np.mean(valid)),
+        "coverage": float(np.mean(cover)),
+        "mean_solutions": float(counts.mean()),
+    }
+
+
+def count_solutions(task: Task, puzzles: np.ndarray, limit: int = 100_000) -> np.ndarray:
+    """Solution counts from the task's exact solver (Sudoku, N-Queens)."""
+    if task.name == "sudoku":
+        from engine.tasks.sudoku_solver import count_solutions as count
+    elif task.name.startswith("nqueens"):
+        from engine.tasks.nqueens import count_completions as count
+    else:
+        raise SystemExit(f"engine-eval: no solver counts solutions for {task.name}; pass --counts")
+    return np.array([count(p, limit) for p in puzzles])
+
+
+def ladder(top: int) -> list[int]:
+    """1, 2, 4, ... up to `top` (included)."""
+    values = [1 << i for i in range(top.bit_length()) if 1 << i < top]
+    return values + [top]
+
+
+def sweep(task: Task, puzzles, results: list[SearchResult], solutions, selector: str) -> dict:
+    """Width: the first k rows of each request, k = 1, 2, 4, ..., K. Depth: all K rows at d = 1, 2, 4, ..., D."""
+    K = len(results[0].rows.q)
+    width = {k: score(task, puzzles, [_first(r.rows, k) for r in results], solutions, selector) for k in ladder(K)}
+    depths = sorted(results[0].history)
+    depth = {d: score(task, puzzles, [r.history[d] for r in results], solutions, selector) for d in depths}
+    return {"width": width, "depth": depth}
+
+
+def plot(sweeps: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, (axis, label) in zip(axes, (("width", "rollouts K"), ("depth", "supervision steps D"))):
+        xs = list(sweeps[axis])
+        for metric, name in (("pass_at_k", "pass@K"), ("best_q_at_k", "best-Q@K"), ("mode_at_k", "mode@K")):
+            ys = [sweeps[axis][x].get(metric, sweeps[axis][x]["exact_accuracy"]) for x in xs]
+            ax.plot(xs, [100 * y for y in ys], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+
+
+def _first(rows: Rows, k: int) -> Rows:
+    cut = lambda a: None if a is None else a[:k]  # noqa: E731
+    return Rows(rows.answers[:k], rows.q[:k], cut(rows.verified), cut(rows.value), cut(rows.log_prior))
+
+
+def _sol(solutions: np.ndarray | None, n: int):
+    return [None] * n if solutions is None else solutions
+
+
+def _usable(selector: str, rows: Rows, likelihoods) -> bool:
+    return {
+        "verifier": rows.verified is not None,
+        "lprm": rows.value is not None,
+        "prior": rows.log_prior is not None,
+        "likelihood": likelihoods is not None,
+    }.get(selector, True)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="engine-eval", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--puzzles", required=True, help="puzzle file, one per line")
-    p.add_argument("--solutions", help="solutions file, one per puzzle line")
+    p.add_argument("--solutions", help="solutions file, one per puzzle line (else the rule verifier judges)")
+    p.add_argument("--counts", help="file of solution counts per puzzle: report validity and coverage")
+    p.add_argument("--coverage", action="store_true", help="report coverage, counting solutions with the solver")
     p.add_argument("--offset", type=int, default=0, help="skip the first N puzzles (negative: take the last -N)")
     p.add_argument("--limit", type=int, help="evaluate at most N puzzles")
-    p.add_argument("--steps", type=int, help="supervision steps D (default: the checkpoint's N_sup)")
-    p.add_argument("--batch-size", type=int, default=256)
+    s = p.add_argument_group("search (defaults: the checkpoint's)")
+    s.add_argument("--rollouts", "-K", type=int, help="rollouts K per puzzle")
+    s.add_argument("--steps", "-D", type=int, help="supervision steps D")
+    s.add_argument("--noise", type=float, help="PTRM noise sigma")
+    s.add_argument("--noise-target", choices=["z", "y", "both"])
+    s.add_argument("--selector", choices=SELECTORS)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--early-exit", choices=["off", "verified", "confident"])
+    p.add_argument("--sweep", action="store_true", help="width (K) and depth (D) scaling from one run")
+    p.add_argument("--plot", help="with --sweep: accuracy vs K and vs D as a PNG")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per engine step")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto, bfloat16, float32")
     p.add_argument("--json", help="write the results to this JSON file")
@@ -96,34 +240,96 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointError as e:
         raise SystemExit(f"engine-eval: {e}") from None
     task = get_task(ckpt.task)
-    puzzles = encode_all(task, read_lines(args.puzzles, args.offset, args.limit, task.comment_prefix), args.puzzles)
+    overrides = {
+        k: v
+        for k, v in dict(
+            rollouts=args.rollouts,
+            steps=args.steps,
+            noise=args.noise,
+            noise_target=args.noise_target,
+            selector=args.selector,
+            seed=args.seed,
+            early_exit=args.early_exit,
+        ).items()
+        if v is not None
+    }
+    try:
+        params = default_params(task.name, "trm", ckpt.config.halt_max_steps, ckpt.meta.get("search")).replace(
+            **overrides
+        )
+    except ValueError as e:
+        raise SystemExit(f"engine-eval: {e}") from None
+    if args.sweep and params.early_exit != "off":
+        raise SystemExit("engine-eval: --sweep needs --early-exit off (every row must run all D steps)")
+    read = lambda path: read_lines(path, args.offset, args.limit, task.comment_prefix)  # noqa: E731
+    puzzles = encode_all(task, read(args.puzzles), args.puzzles)
     solutions = None
     if args.solutions:
-        solutions = encode_all(
-            task, read_lines(args.solutions, args.offset, args.limit, task.comment_prefix), args.solutions, answers=True
-        )
+        solutions = encode_all(task, read(args.solutions), args.solutions, answers=True)
         if len(solutions) != len(puzzles):
             raise SystemExit(f"engine-eval: {len(puzzles)} puzzles but {len(solutions)} solutions")
 
+    runner = Runner(ckpt.model, max_batch=args.batch_size)
+    engine = Engine(runner, task, Limits(args.batch_size, len(puzzles), len(puzzles) * params.rollouts))
     start = time.perf_counter()
-    answers, q_halt = predict(ckpt.model, puzzles, args.batch_size, args.steps, args.device)
+    results = search_all(engine, puzzles, params, tuple(ladder(params.steps)) if args.sweep else ())
     wall = time.perf_counter() - start
-    result = evaluate(task, puzzles, answers, q_halt, solutions)
+    rows = [r.rows for r in results]
+    if params.early_exit == "off":
+        result = score(task, puzzles, rows, solutions, params.selector)
+    else:  # early-exit answers were chosen by the engine; rows of an early exit differ in number
+        chosen = np.stack([r.answer for r in results])
+        result = {"n": len(puzzles), "exact_accuracy": float(correct(task, puzzles, chosen, solutions).mean())}
+    row_steps = sum(r.row_steps for r in results)
+    result.update(
+        row_steps=row_steps,
+        row_steps_saved=round(1 - row_steps / (len(puzzles) * params.rollouts * params.steps), 4),
+        early_exits=sum(r.finish == "early_exit" for r in results),
+    )
+    if args.counts or args.coverage:
+        counts = np.array(read(args.counts), dtype=np.int64) if args.counts else count_solutions(task, puzzles)
+        result.update(coverage(task, puzzles, rows, counts))
     result.update(
         checkpoint=str(args.checkpoint),
         puzzles=str(args.puzzles),
         offset=args.offset,
         task=task.name,
-        rollouts=1,
-        steps=args.steps or ckpt.config.halt_max_steps,
+        rollouts=params.rollouts,
+        steps=params.steps,
+        noise=params.noise,
+        noise_target=params.noise_target,
+        selector=params.selector,
+        seed=params.seed,
+        early_exit=params.early_exit,
         device=args.device,
         dtype=ckpt.config.forward_dtype,
+        runner=runner.mode,
         wall_seconds=round(wall, 3),
         puzzles_per_second=round(len(puzzles) / wall, 2),
+        row_steps_per_second=round(row_steps / wall, 1),
         machine=describe(args.device),
     )
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    _print(result)
+    if args.sweep:
+        result["sweep"] = sweep(task, puzzles, results, solutions, params.selector)
+        _print_sweep(result["sweep"])
+        if args.plot:
+            plot(result["sweep"], args.plot, f"{Path(args.checkpoint).name} on {Path(args.puzzles).name}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _print(result: dict) -> None:
+    width = max(map(len, result))
+    for key, value in result.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.4f}" for k, v in value.items())
+        print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+
+
+def _print_sweep(sweeps: dict) -> None:
+    for axis, label in (("width", "K"), ("depth", "D")):
+        print(f"\n{label:>5}  {'pass@K':>8}  {'best-Q@K':>8}  {'mode@K':>8}  {'selected':>8}")
+        for x, r in sweeps[axis].items():
+            cols = [r.get(m, r["exact_accuracy"]) for m in ("pass_at_k", "best_q_at_k", "mode_at_k", "exact_accuracy")]
+            print(f"{x:>5}  " + "  ".join(f"{100 * c:8.2f}" for c in cols))
