@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--coverage", action="store_true", help="report coverage, counting solutions with the solver")
     p.add_argument("--offset", type=int, default=0, help="skip the first N puzzles (negative: take the last -N)")
     p.add_argument("--limit", type=int, help="evaluate at most N puzzles")
-    s = p.add_argument_group("search (defaults: the checkpoint's)")
+    s = p.add_argument_group("search (defaults: K = 1 without noise, the rest from the checkpoint)")
     s.add_argument("--rollouts", "-K", type=int, help="rollouts K per puzzle")
     s.add_argument("--steps", "-D", type=int, help="supervision steps D")
     s.add_argument("--noise", type=float, help="PTRM noise sigma")
@@ -240,23 +240,20 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointError as e:
         raise SystemExit(f"engine-eval: {e}") from None
     task = get_task(ckpt.task)
-    overrides = {
-        k: v
-        for k, v in dict(
-            rollouts=args.rollouts,
-            steps=args.steps,
-            noise=args.noise,
-            noise_target=args.noise_target,
-            selector=args.selector,
-            seed=args.seed,
-            early_exit=args.early_exit,
-        ).items()
-        if v is not None
-    }
+    # Without search flags: deterministic TRM (K = 1, no noise), the number a CARD quotes; with K > 1 the noise
+    # defaults to the checkpoint's (PTRM's per-task sigma).
+    defaults = default_params(task.name, "trm", ckpt.config.halt_max_steps, ckpt.meta.get("search"))
+    rollouts = args.rollouts or 1
+    flags = dict(
+        steps=args.steps,
+        noise=args.noise if args.noise is not None else (defaults.noise if rollouts > 1 else 0.0),
+        noise_target=args.noise_target,
+        selector=args.selector,
+        seed=args.seed,
+        early_exit=args.early_exit,
+    )
     try:
-        params = default_params(task.name, "trm", ckpt.config.halt_max_steps, ckpt.meta.get("search")).replace(
-            **overrides
-        )
+        params = defaults.replace(rollouts=rollouts, **{k: v for k, v in flags.items() if v is not None})
     except ValueError as e:
         raise SystemExit(f"engine-eval: {e}") from None
     if args.sweep and params.early_exit != "off":

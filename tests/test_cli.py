@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.eval import evaluate, read_lines
+from engine.eval import read_lines, score
 from engine.eval import main as eval_main
 from engine.init import main as init_main
+from engine.search import Rows
 from engine.solve import main as solve_main
 from engine.tasks import get_task
 from engine.tasks.sudoku_solver import solve
@@ -64,17 +65,39 @@ def test_eval_writes_json(tiny_checkpoint, tmp_path, capsys):
     assert "exact_accuracy" in capsys.readouterr().out
 
 
-def test_evaluate_scores_exact_and_verified():
+def test_score_reports_ptrm_metrics_and_every_selector():
     task = get_task("sudoku")
     puzzles = np.stack([task.encode(p) for p in PUZZLES])
     solutions = np.stack([solve(p) for p in puzzles])
-    answers = solutions.copy()
-    answers[2, 0] = answers[2, 1]  # one wrong cell in the last answer
-    result = evaluate(task, puzzles, answers, np.array([3.0, -1.0, 2.0]), solutions)
-    assert result["n"] == 3
-    assert result["exact_accuracy"] == pytest.approx(2 / 3) and result["verified"] == pytest.approx(2 / 3)
-    assert result["cell_accuracy"] == pytest.approx(1 - 1 / 243)
-    assert result["q_halt_accuracy"] == pytest.approx(1 / 3)  # q >= 0 matches correctness only for row 0
+    wrong = solutions.copy()
+    wrong[:, 0] = wrong[:, 1]  # one wrong cell: breaks a row
+    # Puzzle 0: the right answer has the top q. Puzzle 1: right once, but a wrong answer has more q and more votes.
+    # Puzzle 2: never right.
+    rows = [
+        Rows(np.stack([solutions[0], wrong[0], wrong[0]]), np.array([3.0, 1.0, 1.0], np.float32)),
+        Rows(np.stack([solutions[1], wrong[1], wrong[1]]), np.array([1.0, 2.0, 0.0], np.float32)),
+        Rows(np.stack([wrong[2]] * 3), np.array([-1.0, -2.0, -3.0], np.float32)),
+    ]
+    r = score(task, puzzles, rows, solutions, "q")
+    assert r["n"] == 3 and r["exact_accuracy"] == r["best_q_at_k"] == pytest.approx(1 / 3)
+    assert r["pass_at_k"] == pytest.approx(2 / 3) and r["mode_at_k"] == 0
+    assert r["selector_accuracy"] == pytest.approx({"q": 1 / 3, "vote": 0, "verifier": 2 / 3})
+    assert r["verified"] == pytest.approx(1 / 3) and r["cell_accuracy"] == pytest.approx(1 - 2 / 243)
+    # Without solutions the rule verifier decides; here it agrees with them.
+    assert score(task, puzzles, rows, None, "verifier")["exact_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_eval_with_rollouts_sweeps_and_plots(tiny_checkpoint, tmp_path):
+    (tmp_path / "p.txt").write_text("\n".join(PUZZLES) + "\n")
+    eval_main(
+        ["--checkpoint", str(tiny_checkpoint), "--puzzles", str(tmp_path / "p.txt"), "-K", "3", "-D", "2"]
+        + ["--sweep", "--plot", str(tmp_path / "s.png"), "--coverage", "--json", str(tmp_path / "r.json")]
+    )
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert (r["rollouts"], r["steps"], r["noise"], r["row_steps"]) == (3, 2, 0.3, 18)
+    assert {"pass_at_k", "best_q_at_k", "mode_at_k", "validity", "coverage"} <= set(r)
+    assert list(r["sweep"]["width"]) == ["1", "2", "3"] and list(r["sweep"]["depth"]) == ["1", "2"]
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_read_lines_skips_comments_except_where_hash_is_a_cell(tmp_path):
