@@ -227,6 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--selector", choices=SELECTORS)
     s.add_argument("--seed", type=int)
     s.add_argument("--early-exit", choices=["off", "verified", "confident"])
+    s.add_argument(
+        "--likelihood",
+        action="store_true",
+        help="GRAM: also score the likelihood selector (a posterior pass per distinct answer: costs about K x D more)",
+    )
     p.add_argument("--sweep", action="store_true", help="width (K) and depth (D) scaling from one run")
     p.add_argument("--plot", help="with --sweep: accuracy vs K and vs D as a PNG")
     p.add_argument("--batch-size", type=int, default=256, help="rows per engine step")
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     task = get_task(ckpt.task)
     # Without search flags: deterministic TRM (K = 1, no noise), the number a CARD quotes; with K > 1 the noise
     # defaults to the checkpoint's (PTRM's per-task sigma).
-    defaults = default_params(task.name, "trm", ckpt.config.halt_max_steps, ckpt.meta.get("search"))
+    defaults = default_params(task.name, ckpt.arch, ckpt.config.halt_max_steps, ckpt.meta.get("search"))
     rollouts = args.rollouts or 1
     flags = dict(
         steps=args.steps,
@@ -269,11 +274,16 @@ def main(argv: list[str] | None = None) -> None:
     runner = Runner(ckpt.model, max_batch=args.batch_size)
     engine = Engine(runner, task, Limits(args.batch_size, len(puzzles), len(puzzles) * params.rollouts))
     start = time.perf_counter()
-    results = search_all(engine, puzzles, params, tuple(ladder(params.steps)) if args.sweep else ())
+    # The engine selects by q here; `score` then applies every selector to the same rows (likelihood only once).
+    engine_params = params.replace(selector="q") if params.early_exit == "off" else params
+    results = search_all(engine, puzzles, engine_params, tuple(ladder(params.steps)) if args.sweep else ())
     wall = time.perf_counter() - start
+    likelihoods = None
+    if ckpt.arch == "gram" and (args.likelihood or params.selector == "likelihood"):
+        likelihoods = [lambda c, p=p: runner.likelihood(p, 0, c, params.seed, params.steps) for p in puzzles]
     rows = [r.rows for r in results]
     if params.early_exit == "off":
-        result = score(task, puzzles, rows, solutions, params.selector)
+        result = score(task, puzzles, rows, solutions, params.selector, likelihoods)
     else:  # early-exit answers were chosen by the engine; rows of an early exit differ in number
         chosen = np.stack([r.answer for r in results])
         result = {"n": len(puzzles), "exact_accuracy": float(correct(task, puzzles, chosen, solutions).mean())}

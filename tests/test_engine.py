@@ -190,3 +190,24 @@ def test_shutdown_drains_admitted_requests(tiny_model):
     req = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=2, steps=3)))
     eng.shutdown(drain=True)
     assert req.future.result(timeout=0).row_steps == 6
+
+
+def test_gram_rows_sample_the_prior_with_their_own_streams_and_select_by_likelihood():
+    from engine.models import GRAM, counter_noise, preset
+    from engine.search.rollouts import row_seeds
+
+    torch.manual_seed(0)
+    gram = GRAM(preset("gram-sudoku-tiny", forward_dtype="float32")).eval()
+    p = SearchParams(rollouts=4, steps=3, seed=5, selector="likelihood")
+    (alone,) = solve(engine(gram), Request(SUDOKU, puzzle(), p))
+    other = Request(SUDOKU, puzzle(1), p.replace(rollouts=5, seed=9, selector="prior"))
+    mixed = solve(engine(gram), other, Request(SUDOKU, puzzle(), p))
+    assert np.array_equal(mixed[1].rows.answers, alone.rows.answers)
+    # The engine's rows are GRAM's own prior trajectories under the same counter-based noise.
+    seeds = torch.tensor(row_seeds(5, range(4)))
+    x = torch.as_tensor(puzzle()).expand(4, -1)
+    ref = gram.trajectory(x, torch.zeros(4, dtype=torch.long), 3, counter_noise(seeds))
+    assert np.array_equal(alone.rows.answers, ref.logits.argmax(-1).numpy())
+    np.testing.assert_allclose(alone.rows.log_prior, ref.log_prior.numpy(), rtol=1e-4)
+    assert alone.rows.value is not None and alone.selection.selector == "likelihood"
+    assert mixed[0].selection.index == int(np.argmax(mixed[0].rows.log_prior))

@@ -259,7 +259,8 @@ class Engine:
 
     def likelihood_fn(self, req: Request):
         """Scores distinct candidates by the GRAM ELBO for the `likelihood` selector (None for TRM checkpoints)."""
-        score = getattr(self.runner, "likelihood", None)
-        if score is None or not hasattr(self.runner.model, "elbo"):
+        if not hasattr(self.runner.model, "elbo"):
             return None
-        return lambda candidates: score(req.puzzle, req.puzzle_id, candidates, req.params)
+        return lambda candidates: self.runner.likelihood(
+            req.puzzle, req.puzzle_id, candidates, req.params.seed, req.params.steps
+        )

@@ -11,13 +11,14 @@ boundary. Two modes:
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import kernels
-from engine.models import Carry
+from engine.models import Carry, counter_noise
 from engine.search import StepOut, search_step
 
 
@@ -104,6 +105,21 @@ class Runner:
         sigma_z = t(b.sigma_z, torch.float32) if b.sigma_z.any() else None
         sigma_y = t(b.sigma_y, torch.float32) if b.sigma_y.any() else None
         return search_step(self.model, carry, t(b.inputs), t(b.puzzle_ids), t(b.seeds), t(b.steps), sigma_z, sigma_y)
+
+    @torch.inference_mode()
+    def likelihood(self, puzzle: np.ndarray, puzzle_id: int, candidates: np.ndarray, seed: int, steps: int):
+        """GRAM only: lower bounds on log p(candidate | puzzle) [C] from one posterior pass each (the `likelihood`
+        selector). A candidate's noise is seeded by its content, so its score does not depend on the others."""
+        C, dev = len(candidates), self.device
+        seeds = torch.tensor([kernels.row_seed(seed, zlib.crc32(c.tobytes())) for c in candidates], device=dev)
+        bound = self.model.elbo(
+            torch.as_tensor(puzzle, device=dev).expand(C, -1),
+            torch.full((C,), puzzle_id, device=dev),
+            torch.as_tensor(candidates, device=dev),
+            steps,
+            counter_noise(seeds),
+        )
+        return bound.float().cpu().numpy()
 
     # -- static buffers and CUDA graphs -----------------------------------------------------------------------------
 
