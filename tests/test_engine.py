@@ -211,3 +211,15 @@ def test_gram_rows_sample_the_prior_with_their_own_streams_and_select_by_likelih
     np.testing.assert_allclose(alone.rows.log_prior, ref.log_prior.numpy(), rtol=1e-4)
     assert alone.rows.value is not None and alone.selection.selector == "likelihood"
     assert mixed[0].selection.index == int(np.argmax(mixed[0].rows.log_prior))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_runner_matches_the_eager_runner(tiny_model):
+    model = tiny_model.cuda()
+    p = SearchParams(rollouts=3, steps=3, noise=0.5, seed=2)
+    eager = Engine(Runner(model, max_batch=8, static=False, cuda_graphs=False), SUDOKU)
+    graphs = Engine(Runner(model, max_batch=8), SUDOKU)
+    assert graphs.runner.mode == "cuda-graphs" and set(graphs.runner.graphs) == {1, 2, 4, 8}
+    (a,), (b,) = solve(eager, Request(SUDOKU, puzzle(), p)), solve(graphs, Request(SUDOKU, puzzle(), p))
+    assert np.array_equal(a.rows.answers, b.rows.answers)
+    np.testing.assert_allclose(a.rows.q, b.rows.q, rtol=1e-4, atol=1e-4)
