@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.runtime.request import Cancelled, DeadlineExceeded, Request, RequestError, SearchResult, Timing
-from engine.runtime.runner import Batch, Runner
+from engine.runtime.runner import Batch, Runner, StepResult
 from engine.runtime.scheduler import Limits, Scheduler
 from engine.search import select, selection_of
 from engine.tasks import Task
@@ -137,7 +137,7 @@ class Engine:
         out = self.runner.run(batch)
         elapsed = time.perf_counter() - start
         self._account(len(batch.slots), elapsed)
-        self._update(plan, out, now)
+        self._update(plan, out)
         return True
 
     def _batch(self, plan: list[tuple[Request, np.ndarray]]) -> Batch:
@@ -176,7 +176,7 @@ class Engine:
         for hook in self.on_step:
             hook(rows, bucket, elapsed)
 
-    def _update(self, plan: list[tuple[Request, np.ndarray]], out, now: float) -> None:
+    def _update(self, plan: list[tuple[Request, np.ndarray]], out: StepResult) -> None:
         i = 0
         for req, rows in plan:
             j = i + len(rows)
