@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 
@@ -29,7 +30,6 @@ __all__ = [
     "add_rms_norm",
     "backend",
     "inject",
-    "noisy_injection",
     "row_seed",
     "set_backend",
     "standard_normal",
@@ -63,12 +63,15 @@ def _load_triton() -> bool:
     global _triton_loaded
     if _triton_loaded is None:
         try:
-            import kernels.noise  # noqa: F401  (registers torch.ops.trm.*)
+            import kernels.activation  # noqa: F401  (each registers its torch.ops.trm.* ops)
+            import kernels.noise  # noqa: F401
             import kernels.rms_norm  # noqa: F401
-            import kernels.activation  # noqa: F401
 
             _triton_loaded = True
-        except ImportError:
+        except ImportError:  # no triton: the references
+            _triton_loaded = False
+        except Exception as e:  # a broken triton install must not take the engine down with it
+            warnings.warn(f"Triton kernels unavailable, using the torch references: {e!r}", stacklevel=2)
             _triton_loaded = False
     return _triton_loaded
 
@@ -110,15 +113,6 @@ def add_noise(
     if _fused(z, sigma):
         return torch.ops.trm.inject(z, None, None, sigma, seeds, steps, stream)
     return reference.add_noise(z, sigma, seeds, steps, stream)
-
-
-def noisy_injection(
-    z: torch.Tensor, injection: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor
-) -> torch.Tensor:
-    """(z + sigma * N(0, 1)) + injection (`reference.noisy_injection`)."""
-    if _fused(z, injection, sigma):
-        return torch.ops.trm.inject(z, injection, None, sigma, seeds, steps, STREAM_Z)
-    return reference.noisy_injection(z, injection, sigma, seeds, steps)
 
 
 def inject(

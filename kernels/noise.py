@@ -8,6 +8,8 @@ stream depends only on its own (seed, step), never on the batch it sits in.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -131,7 +133,7 @@ def inject(
 ) -> torch.Tensor:
     """(z [+ sigma * N(0, 1)]) [+ (h [+ x])] on [B, ...] tensors of one shape and dtype, into `out` (contiguous).
 
-    Covers `add_noise` (z, noise), `noisy_injection` (z, h = injection, noise) and `inject` (z_L, z_H, x, noise)."""
+    Covers `add_noise` (z, noise) and `inject` (z_L, z_H, x, noise; or z, h without x)."""
     check_launchable(_inject_kernel, z, h, x, sigma, seeds, steps, out)
     if x is not None and h is None:
         raise ValueError("x needs h")
@@ -151,7 +153,7 @@ def inject(
         raise ValueError(f"out must be a contiguous {z.dtype} {tuple(z.shape)}")
     if out.numel() == 0:
         return out
-    n_cols = z[0].numel() if z.dim() > 1 else 1
+    n_cols = math.prod(z.shape[1:])
     n_block = block(n_cols, BLOCK)
     grid = (z.shape[0], triton.cdiv(n_cols, n_block))
     _inject_kernel[grid](

@@ -63,14 +63,6 @@ def add_noise(
     return (z.float() + sigma.view(-1, *([1] * (z.dim() - 1))) * noise).to(z.dtype)
 
 
-def noisy_injection(
-    z: torch.Tensor, injection: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor
-) -> torch.Tensor:
-    """(z + sigma * N(0, 1)) + injection: PTRM's noise on z before the step (PTRM_GRAM.md §3.2) fused with the
-    step's first input injection (the noisy z is needed nowhere else)."""
-    return add_noise(z, sigma, seeds, steps, STREAM_Z) + injection
-
-
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, eps: float) -> torch.Tensor:
     """Weightless RMSNorm(x + residual) over the last axis, fp32 inside (the post-norm of every block)."""
     h = (x + residual).float()  # the add in the activation dtype, as the official post-norm does

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.eval import read_lines, score
 from engine.eval import main as eval_main
+from engine.eval import read_lines, score
 from engine.init import main as init_main
 from engine.search import Rows
 from engine.solve import main as solve_main

@@ -1,10 +1,10 @@
 """The Triton kernels against their torch references (SERVING.md §5.2, §5.3), and the dispatch in `kernels`.
 
 Without CUDA the kernels run under TRITON_INTERPRET=1 on CPU tensors: tiny shapes, fp32 only (bf16 arithmetic is
-silently wrong in the interpreter). The flag is read when a `@triton.jit` function is decorated (triton's own lazily
-imported modules included), so it is set here before the kernel modules are imported and stays set for the session;
-that touches nothing else, because without CUDA only these tests build Triton kernels (`import kernels` alone does
-not import triton there).
+silently wrong in the interpreter). The flag is read when a `@triton.jit` function is decorated, triton's own
+`tl.sum` and `tl.cdiv` included, so it is set here before triton is imported and stays set for the session; that
+touches nothing else, because without CUDA only these tests build Triton kernels (`import kernels` alone does not
+import triton there). If something imported triton earlier in the session, the kernel tests rerun in a fresh process.
 With CUDA the same tests run the compiled kernels, and the `gpu` tests add bf16 and model-sized shapes.
 
 Tolerances: fp32 within 2e-6 (relative and absolute); bf16 at most twice the error of the torch bf16 path against an
@@ -27,6 +27,7 @@ from kernels import reference
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 
+PREIMPORTED = "triton" in sys.modules  # built without the flag: interpreted kernels cannot run in this process
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
@@ -34,10 +35,11 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from kernels import activation, noise, rms_norm  # noqa: E402
 
-if not CUDA and not isinstance(rms_norm._add_rms_norm_kernel, InterpretedFunction):
-    raise RuntimeError("kernel modules were imported before TRITON_INTERPRET=1 was set; they cannot run on the CPU")
+RUNNABLE = CUDA or (isinstance(rms_norm._add_rms_norm_kernel, InterpretedFunction) and not PREIMPORTED)
+needs_kernels = pytest.mark.skipif(not RUNNABLE, reason="triton was imported before TRITON_INTERPRET=1 was set")
 
 FP32 = dict(rtol=2e-6, atol=2e-6)
+NOISY = dict(rtol=1e-5, atol=1e-5)  # Box-Muller's log and cos: approximate on GPUs, up to ~4e-6 on |n| <= 5.8
 
 
 def poisoned(shape, dtype=torch.float32) -> torch.Tensor:
@@ -65,6 +67,7 @@ def assert_within_twice_torch(out: torch.Tensor, out_torch: torch.Tensor, ref: t
 RMS_SHAPES = [(1, 1, 8), (2, 5, 64), (3, 7, 37), (2, 3, 5, 17), (5, 33)]
 
 
+@needs_kernels
 @pytest.mark.parametrize("shape", RMS_SHAPES)
 def test_add_rms_norm_hidden_axis(shape):
     torch.manual_seed(0)
@@ -73,6 +76,7 @@ def test_add_rms_norm_hidden_axis(shape):
     torch.testing.assert_close(out, reference.add_rms_norm(x, r, 1e-5), **FP32)
 
 
+@needs_kernels
 @pytest.mark.parametrize("batch, hidden, seq_len", [(1, 16, 9), (3, 24, 11), (2, 40, 97)])
 def test_add_rms_norm_sequence_axis(batch, hidden, seq_len):
     """The mlp_t block: a transposed [B, D, L] view normalised over L, read through its strides."""
@@ -87,6 +91,7 @@ def test_add_rms_norm_sequence_axis(batch, hidden, seq_len):
 # -- SwiGLU ---------------------------------------------------------------------------------------------------------
 
 
+@needs_kernels
 @pytest.mark.parametrize("shape", [(1, 2), (4, 3, 90), (7, 2 * 259), (2, 3, 5, 64)])
 def test_swiglu(shape):
     torch.manual_seed(0)
@@ -95,6 +100,7 @@ def test_swiglu(shape):
     torch.testing.assert_close(out, reference.swiglu(gate_up), **FP32)
 
 
+@needs_kernels
 def test_swiglu_strided_input():
     torch.manual_seed(0)
     gate_up = randn(6, 2, 40)[:, 0]  # rows 80 elements apart
@@ -104,15 +110,16 @@ def test_swiglu_strided_input():
 # -- noise and the fused injection ----------------------------------------------------------------------------------
 
 
+@needs_kernels
 @pytest.mark.parametrize("num_rows, n_cols, stream", [(1, 1, 0), (3, 1000, 1), (2, 2500, 5)])
 def test_standard_normal_matches_reference(num_rows, n_cols, stream):
     """Any difference in the integer hash would move a value by O(1): 1e-5 checks the hash and Box-Muller."""
     seeds, steps = row_inputs(num_rows, seed=2**40 + 17, first_step=2**33)  # steps past 32 bits wrap alike
     out = noise.standard_normal(seeds, steps, stream, n_cols, out=poisoned((num_rows, n_cols)))
-    ref = reference.standard_normal(seeds, steps, stream, (n_cols,))
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, reference.standard_normal(seeds, steps, stream, (n_cols,)), **NOISY)
 
 
+@needs_kernels
 def test_noise_statistics():
     num_rows, n_cols = 8, 4096
     z = noise.standard_normal(*row_inputs(num_rows, seed=3), 0, n_cols).double().cpu()
@@ -129,6 +136,7 @@ def test_noise_statistics():
     assert abs(lag1.item()) < 5 / math.sqrt(n)
 
 
+@needs_kernels
 def test_noise_is_deterministic_and_batch_independent():
     seeds, steps = row_inputs(5, seed=11, first_step=4)
     a = noise.standard_normal(seeds, steps, 0, 300)
@@ -146,6 +154,7 @@ def test_noise_is_deterministic_and_batch_independent():
         assert (a != other).all(dim=1).all()
 
 
+@needs_kernels
 def test_steps_are_read_from_the_tensor():
     """Advancing the steps tensor in place draws fresh noise from the same launch arguments, as a CUDA graph replay
     would (SERVING.md §5.5)."""
@@ -155,9 +164,10 @@ def test_steps_are_read_from_the_tensor():
     steps += 1
     second = noise.inject(z, sigma=sigma, seeds=seeds, steps=steps)
     assert not torch.equal(first, second)
-    torch.testing.assert_close(second, reference.add_noise(z, sigma, seeds, steps, kernels.STREAM_Z), **FP32)
+    torch.testing.assert_close(second, reference.add_noise(z, sigma, seeds, steps, kernels.STREAM_Z), **NOISY)
 
 
+@needs_kernels
 @pytest.mark.parametrize("shape", [(1, 1, 8), (3, 7, 37), (2, 11, 24)])
 def test_inject_variants(shape):
     torch.manual_seed(0)
@@ -169,16 +179,58 @@ def test_inject_variants(shape):
         return noise.inject(z_L, out=poisoned(shape), **kwargs)
 
     noisy = dict(sigma=sigma, seeds=seeds, steps=steps)
-    torch.testing.assert_close(run(h=z_H, x=x, **noisy), reference.inject(z_L, z_H, x, **noisy), **FP32)
+    torch.testing.assert_close(run(h=z_H, x=x, **noisy), reference.inject(z_L, z_H, x, **noisy), **NOISY)
     torch.testing.assert_close(run(h=z_H, x=x), reference.inject(z_L, z_H, x), **FP32)
-    torch.testing.assert_close(run(h=z_H, **noisy), reference.noisy_injection(z_L, z_H, sigma, seeds, steps), **FP32)
     torch.testing.assert_close(
         run(stream=kernels.STREAM_Y, **noisy),
         reference.add_noise(z_L, sigma, seeds, steps, kernels.STREAM_Y),
-        **FP32,
+        **NOISY,
     )
     zero = dict(noisy, sigma=torch.zeros_like(sigma))
     assert torch.equal(run(h=z_H, x=x, **zero), z_L + (z_H + x))
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ["sudoku-tiny", "sudoku-tiny-attn"])
+def test_model_step_through_the_kernels(monkeypatch, name):
+    """A whole noisy supervision step with every `kernels` function replaced by its launcher: the model's own layouts
+    (the mlp_t transposes, chunked gate_up, the injection) reach the kernels, and the logits match the reference."""
+    from engine.models import TRM, Noise, preset
+
+    torch.manual_seed(0)
+    overrides = dict(forward_dtype="float32")
+    if name.endswith("-attn"):
+        overrides.update(mlp_t=False, pos_encodings="rope")
+    model = TRM(preset("sudoku-tiny", **overrides)).to(DEVICE)
+    B = 2
+    inputs = torch.randint(1, 11, (B, model.config.seq_len), device=DEVICE)
+    pid = torch.zeros(B, dtype=torch.long, device=DEVICE)
+    seeds, steps = row_inputs(B, seed=3)
+    noisy = Noise(seeds, steps, torch.full((B,), 0.2, device=DEVICE), torch.full((B,), 0.1, device=DEVICE))
+    with torch.no_grad():
+        want = model.step(model.initial_carry(B), inputs, pid, noisy)
+        calls = []
+
+        def launcher(name, fn):
+            monkeypatch.setattr(kernels, name, lambda *args: calls.append(name) or fn(*args))
+
+        launcher("add_rms_norm", rms_norm.add_rms_norm)
+        launcher("swiglu", activation.swiglu)
+        launcher("add_noise", lambda z, s, se, st, stream: noise.inject(z, None, None, s, se, st, stream))
+        launcher("inject", noise.inject)
+        got = model.step(model.initial_carry(B), inputs, pid, noisy)
+    assert set(calls) == {"add_rms_norm", "swiglu", "add_noise", "inject"}
+    torch.testing.assert_close(got[0].z_H, want[0].z_H, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(RUNNABLE, reason="the kernel tests ran in this process")
+def test_kernels_in_a_fresh_process():
+    """The kernel tests, rerun where TRITON_INTERPRET=1 is set before anything imports triton."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not fresh_process"]
+    run = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and "passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
 
 
 # -- custom ops, torch.compile and dispatch -------------------------------------------------------------------------
@@ -240,11 +292,15 @@ def test_backend_selection():
 
 
 def test_trm_kernels_environment_variable():
-    code = "import sys, kernels; print(kernels._mode, 'triton' in sys.modules)"
+    """TRM_KERNELS=torch forces the references, without importing triton; so does a missing triton."""
+    code = (
+        "import sys, kernels; print(kernels._mode, 'triton' in sys.modules); "
+        "sys.modules['triton'] = None; kernels.set_backend('auto'); print(kernels.backend('cuda'))"
+    )
     env = {**os.environ, "TRM_KERNELS": "torch"}
     env.pop("TRITON_INTERPRET", None)
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert run.stdout.split() == ["torch", "False"]  # and `import kernels` did not import triton
+    assert run.stdout.split() == ["torch", "False", "torch"]
     env["TRM_KERNELS"] = "bogus"
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert run.returncode != 0 and "must be one of" in run.stderr
@@ -304,7 +360,7 @@ def test_gpu_noise_under_cuda_graph_replays():
     draws = []
     for _ in range(3):
         graph.replay()
-        torch.testing.assert_close(out, reference.add_noise(z, sigma, seeds, steps, 0), rtol=0, atol=0.02)
+        torch.testing.assert_close(out, reference.add_noise(z, sigma, seeds, steps, 0), rtol=1e-2, atol=1e-2)
         draws.append(out.clone())
         steps += 1
     assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
@@ -312,25 +368,44 @@ def test_gpu_noise_under_cuda_graph_replays():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["sudoku-tiny", "sudoku-mlp", "sudoku-attn"])
-def test_gpu_model_step_triton_vs_torch(name):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gpu_model_step_triton_vs_torch(name, dtype):
+    """One noisy supervision step through the Triton kernels and through the references: fp32 logits agree closely,
+    bf16 answers (argmax per cell) almost everywhere."""
     from engine.models import TRM, Noise, preset
 
     torch.manual_seed(0)
-    model = TRM(preset(name, halt_max_steps=2)).to(DEVICE)
+    model = TRM(preset(name, forward_dtype=dtype)).to(DEVICE)
     B = 8
     inputs = torch.randint(1, 11, (B, model.config.seq_len), device=DEVICE)
     pid = torch.zeros(B, dtype=torch.long, device=DEVICE)
     seeds, steps = row_inputs(B, seed=2)
-    noise_ = Noise(seeds, steps, torch.full((B,), 0.1, device=DEVICE))
+    noise_ = Noise(seeds, steps, torch.full((B,), 0.1, device=DEVICE), torch.full((B,), 0.05, device=DEVICE))
     with torch.no_grad():
+        assert kernels.backend(DEVICE) == "triton"
         _, logits, _ = model.step(model.initial_carry(B), inputs, pid, noise_)
         try:
             kernels.set_backend("torch")
             _, logits_ref, _ = model.step(model.initial_carry(B), inputs, pid, noise_)
         finally:
             kernels.set_backend("auto")
+    if dtype == "float32":
+        torch.testing.assert_close(logits, logits_ref, rtol=1e-3, atol=1e-3)
     agree = (logits.argmax(-1) == logits_ref.argmax(-1)).float().mean().item()
-    assert agree > 0.98, f"answers agree on {agree:.3f} of the cells"
+    assert agree > 0.95, f"answers agree on {agree:.3f} of the cells"
+
+
+@pytest.mark.gpu
+def test_gpu_custom_ops_under_inductor():
+    def block(x, r, gate_up):
+        return kernels.add_rms_norm(x, r, 1e-5), kernels.swiglu(gate_up)
+
+    args = randn(4, 97, 512, dtype=torch.bfloat16), randn(4, 97, 512, dtype=torch.bfloat16)
+    args = (*args, randn(4, 97, 3072, dtype=torch.bfloat16))
+    with torch.no_grad():
+        compiled = torch.compile(block, fullgraph=True)
+        for got, want in zip(compiled(*args), block(*args)):
+            assert torch.equal(got, want)
 
 
 @pytest.mark.gpu

@@ -98,7 +98,8 @@ class TRM(nn.Module):
     ) -> tuple[Carry, torch.Tensor, torch.Tensor]:
         """One supervision step. Returns the detached new carry, logits [B, seq_len, vocab] and q [B, 2] (fp32).
 
-        With `noise`, z (and optionally y) are perturbed first; the noisy z only feeds the first injection."""
+        With `noise`, z (and optionally y) are perturbed first; the noisy z only feeds the first injection, so its noise
+        is fused into that add."""
         c = self.config
         x = self.embed(inputs, puzzle_ids)
         z_H, z_L = carry.z_H, carry.z_L
@@ -108,10 +109,10 @@ class TRM(nn.Module):
             # Gradient only through the last cycle (TRM's 1-step gradient approximation).
             with torch.set_grad_enabled(torch.is_grad_enabled() and cycle == c.H_cycles - 1):
                 for i in range(c.L_cycles):
-                    if noise is not None and cycle == 0 and i == 0:
-                        h = kernels.noisy_injection(z_L, z_H + x, noise.sigma_z, noise.seeds, noise.steps)
+                    if noise is not None and cycle == 0 and i == 0:  # PTRM: z gets its noise before the step
+                        h = kernels.inject(z_L, z_H, x, noise.sigma_z, noise.seeds, noise.steps)
                     else:
-                        h = z_L + (z_H + x)  # z_H + x first: the official bf16 summation order
+                        h = kernels.inject(z_L, z_H, x)  # z_L + (z_H + x): the official bf16 summation order
                     z_L = self.net(h)
                 z_H = self.net(z_H + z_L)
         logits = self.lm_head(z_H)[:, c.prefix_len :]
