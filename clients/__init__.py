@@ -1,1 +1,29 @@
-"""Python clients (sync and async, on httpx) and the `engine-client` CLI (the service issue fills this in)."""
+"""Python clients for the trm-engine HTTP API (sync and async, on httpx) and the `engine-client` CLI."""
+
+from clients.client import (
+    APIError,
+    AsyncClient,
+    BadRequest,
+    Client,
+    GenerateResult,
+    NotFound,
+    Overloaded,
+    ServerError,
+    SolveResult,
+    Timeout,
+    Unavailable,
+)
+
+__all__ = [
+    "APIError",
+    "AsyncClient",
+    "BadRequest",
+    "Client",
+    "GenerateResult",
+    "NotFound",
+    "Overloaded",
+    "ServerError",
+    "SolveResult",
+    "Timeout",
+    "Unavailable",
+]

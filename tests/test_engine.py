@@ -11,6 +11,7 @@ from engine.runtime import (
     DeadlineExceeded,
     Engine,
     EngineStopped,
+    InvalidRequest,
     Limits,
     Overloaded,
     Request,
@@ -86,6 +87,12 @@ def test_admission_refuses_past_the_request_and_row_limits(tiny_model):
         eng2.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=11)))
     eng.run_until_idle()  # admitted work completes and frees its share
     eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=1)))
+    with pytest.raises(InvalidRequest, match="selector 'likelihood' is not available"):  # TRM has no prior
+        eng.submit(Request(SUDOKU, puzzle(), SearchParams(selector="likelihood")))
+    with pytest.raises(InvalidRequest, match="needs 81"):
+        eng.submit(Request(SUDOKU, puzzle()[:80], SearchParams()))
+    load = eng.scheduler.snapshot()
+    assert (load.requests_waiting, load.rows_waiting, load.requests_running) == (1, 1, 0)
 
 
 def test_per_request_row_cap_lets_a_later_request_in(tiny_model):

@@ -6,6 +6,7 @@ from engine.runtime.request import (
     Cancelled,
     DeadlineExceeded,
     EngineStopped,
+    InvalidRequest,
     Overloaded,
     Request,
     RequestError,
@@ -14,7 +15,7 @@ from engine.runtime.request import (
     TooLarge,
 )
 from engine.runtime.runner import Batch, Runner, bucket_ladder
-from engine.runtime.scheduler import Limits, Scheduler
+from engine.runtime.scheduler import Limits, Load, Scheduler
 
 __all__ = [
     "AsyncEngine",
@@ -23,7 +24,9 @@ __all__ = [
     "DeadlineExceeded",
     "Engine",
     "EngineStopped",
+    "InvalidRequest",
     "Limits",
+    "Load",
     "Overloaded",
     "Request",
     "RequestError",

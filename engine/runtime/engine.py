@@ -21,7 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.runtime.request import Cancelled, DeadlineExceeded, Request, RequestError, SearchResult, Timing
+from engine.models import GRAM
+from engine.runtime.request import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidRequest,
+    Request,
+    RequestError,
+    SearchResult,
+    Timing,
+)
 from engine.runtime.runner import Batch, Runner, StepResult
 from engine.runtime.scheduler import Limits, Scheduler
 from engine.search import select, selection_of
@@ -41,8 +50,9 @@ class Stats:
     rows_started: int = 0
     requests_finished: int = 0
     busy_s: float = 0.0
-    running_rows: int = 0  # rows in the last step
+    running_rows: int = 0  # rows in the last step (0 once idle)
     last_step_s: float = 0.0
+    last_step_at: float = 0.0  # time.monotonic() at the end of the last step (a watchdog reads it)
 
 
 class Engine:
@@ -61,12 +71,25 @@ class Engine:
 
     # -- any thread -------------------------------------------------------------------------------------------------
 
+    @property
+    def selectors(self) -> set[str]:
+        """The selectors this checkpoint can serve."""
+        names = {"q", "vote", "verifier"}
+        if isinstance(self.runner.model, GRAM):
+            names |= {"prior", "likelihood"} | ({"lprm"} if self.runner.model.config.lprm else set())
+        return names
+
     def submit(self, request: Request) -> Request:
-        """Admit a request (raises Overloaded, TooLarge or EngineStopped at once) and return it; await
-        `request.future` for the SearchResult."""
+        """Admit a request (raises Overloaded, InvalidRequest/TooLarge or EngineStopped at once) and return it;
+        await `request.future` for the SearchResult."""
         if len(request.puzzle) != self.task.seq_len:
-            raise ValueError(
+            raise InvalidRequest(
                 f"puzzle has {len(request.puzzle)} tokens; task {self.task.name} needs {self.task.seq_len}"
+            )
+        if request.params.selector not in self.selectors:
+            raise InvalidRequest(
+                f"selector {request.params.selector!r} is not available for this checkpoint; "
+                f"use one of {sorted(self.selectors)}"
             )
         self.scheduler.admit(request)
         self._wake.set()
@@ -131,6 +154,7 @@ class Engine:
                 self._fail(req, DeadlineExceeded(f"deadline of {req.params.timeout_s} s passed"))
         plan = sched.pick()
         if not plan:
+            self.stats.running_rows = 0
             return False
         batch = self._batch(plan)
         start = time.perf_counter()
@@ -169,7 +193,7 @@ class Engine:
         s.row_steps += rows
         s.padded_row_steps += bucket
         s.busy_s += elapsed
-        s.running_rows, s.last_step_s = rows, elapsed
+        s.running_rows, s.last_step_s, s.last_step_at = rows, elapsed, time.monotonic()
         pace = rows / max(elapsed, 1e-9)
         old = self.scheduler.row_steps_per_s
         self.scheduler.row_steps_per_s = pace if old == 0 else PACE_DECAY * old + (1 - PACE_DECAY) * pace
@@ -259,7 +283,7 @@ class Engine:
 
     def likelihood_fn(self, req: Request):
         """Scores distinct candidates by the GRAM ELBO for the `likelihood` selector (None for TRM checkpoints)."""
-        if not hasattr(self.runner.model, "elbo"):
+        if not isinstance(self.runner.model, GRAM):
             return None
         return lambda candidates: self.runner.likelihood(
             req.puzzle, req.puzzle_id, candidates, req.params.seed, req.params.steps

@@ -29,11 +29,18 @@ class Overloaded(RequestError):
     kind = "overloaded"
 
     def __init__(self, reason: str, limit: int, retry_after: float):
-        super().__init__(f"engine overloaded: the {reason} limit ({limit}) is reached; retry in {retry_after:.0f} s")
-        self.reason, self.limit, self.retry_after = reason, limit, retry_after
+        what = {"requests": "queued requests", "rows": "queued rows"}[reason]
+        super().__init__(f"engine overloaded: the {what} limit ({limit}) is reached; retry in {retry_after:.0f} s")
+        self.reason, self.limit, self.retry_after = reason, limit, retry_after  # reason: "requests" | "rows"
 
 
-class TooLarge(RequestError):
+class InvalidRequest(RequestError):
+    """The request cannot run on this engine as asked (HTTP 422): e.g. a selector the checkpoint lacks a head for."""
+
+    kind = "invalid"
+
+
+class TooLarge(InvalidRequest):
     """The request alone exceeds a limit, so it could never be admitted (HTTP 422)."""
 
     kind = "too_large"

@@ -29,6 +29,14 @@ class Limits:
     rows_per_request: int = 32  # rows one request may take per step while others are waiting
 
 
+@dataclass(frozen=True)
+class Load:
+    requests_waiting: int
+    requests_running: int
+    rows_waiting: int  # admitted rows that have not started (or are paused without a carry slot)
+    rows_running: int  # rows holding a carry slot
+
+
 class Scheduler:
     def __init__(self, limits: Limits, slots: int):
         self.limits = limits
@@ -50,9 +58,9 @@ class Scheduler:
             if self.draining:
                 raise EngineStopped("the engine is shutting down")
             if self._requests + 1 > lim.max_requests:
-                raise Overloaded("queued requests", lim.max_requests, self.retry_after())
+                raise Overloaded("requests", lim.max_requests, self.retry_after())
             if self._rows + request.rows > lim.max_rows:
-                raise Overloaded("queued rows", lim.max_rows, self.retry_after())
+                raise Overloaded("rows", lim.max_rows, self.retry_after())
             self._requests += 1
             self._rows += request.rows
             self._inbox.append(request)
@@ -74,6 +82,16 @@ class Scheduler:
     def queued(self) -> tuple[int, int]:
         """(requests, rows) admitted and not yet resolved."""
         return self._requests, self._rows
+
+    def snapshot(self) -> Load:
+        """Waiting and running requests and rows, for gauges (any thread; a best-effort view between steps)."""
+        with self._lock:
+            requests, rows = self._requests, self._rows
+            active = list(self.active)
+        running = [r for r in active if r.started is not None]
+        rows_running = sum(int((r.slot >= 0).sum()) for r in active)
+        rows_done = sum(int((r.steps_done >= r.params.steps).sum()) for r in active)
+        return Load(requests - len(running), len(running), rows - rows_running - rows_done, rows_running)
 
     # -- engine thread ----------------------------------------------------------------------------------------------
 

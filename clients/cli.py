@@ -1,0 +1,127 @@
+"""`engine-client`: call a running trm-engine server from the shell.
+
+    engine-client solve '53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79'
+    engine-client solve --file puzzle.txt --rollouts 16 --early-exit verified
+    engine-client generate --count 3 --kind puzzle --clues 30 --seed 1
+    engine-client models
+
+The server is `--url` or $TRM_URL (default http://127.0.0.1:8000). Grids print as the task draws them; --json prints
+the raw response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from clients.client import DEFAULT_URL, APIError, Client
+
+
+def render(task: str, grid) -> str:
+    """The task's terminal picture of a grid (nested lists); a wrong answer (say a repeated digit) is drawn too."""
+    try:
+        import numpy as np
+
+        from engine.tasks import PuzzleError, get_task
+
+        t = get_task(task)
+        try:
+            tokens = t.encode(grid)
+        except PuzzleError:
+            if task != "sudoku":
+                raise
+            tokens = np.asarray(grid, dtype=np.int64).reshape(81) + 1  # the codec's tokens: digit d -> d + 1
+        return t.render(tokens)
+    except Exception:
+        return "\n".join(" ".join(str(v) for v in row) for row in grid)
+
+
+def read_puzzle(args) -> str:
+    if args.file:
+        with open(args.file) as f:
+            text = f.read()
+    elif args.puzzle in (None, "-"):
+        text = sys.stdin.read()
+    else:
+        text = args.puzzle
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return "\n".join(lines).strip()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="engine-client", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--url", default=os.environ.get("TRM_URL", DEFAULT_URL))
+    p.add_argument("--timeout", type=float, default=120.0, help="client timeout in seconds")
+    p.add_argument("--retries", type=int, default=2, help="retries on 429/503 (honouring Retry-After)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON response")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("solve", help="solve a puzzle")
+    s.add_argument("puzzle", nargs="?", help="the puzzle text; '-' or nothing reads stdin")
+    s.add_argument("--file", help="read the puzzle from a file ('#' lines are comments)")
+    s.add_argument("--task")
+    s.add_argument("--model")
+    s.add_argument("--rollouts", type=int)
+    s.add_argument("--steps", type=int)
+    s.add_argument("--noise", type=float)
+    s.add_argument("--selector")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--early-exit", choices=["off", "verified", "confident"])
+    s.add_argument("--timeout-s", type=float, help="the server-side deadline")
+
+    g = sub.add_parser("generate", help="sample grids or puzzles from the GRAM generator")
+    g.add_argument("--count", type=int, default=1)
+    g.add_argument("--kind", choices=["grid", "puzzle"], default="grid")
+    g.add_argument("--clues", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--model")
+
+    sub.add_parser("models", help="list the loaded models")
+    args = p.parse_args(argv)
+
+    with Client(args.url, timeout=args.timeout, max_retries=args.retries) as client:
+        try:
+            if args.command == "solve":
+                res = client.solve(
+                    read_puzzle(args),
+                    task=args.task,
+                    model=args.model,
+                    timeout_s=args.timeout_s,
+                    rollouts=args.rollouts,
+                    steps=args.steps,
+                    noise=args.noise,
+                    selector=args.selector,
+                    seed=args.seed,
+                    early_exit=args.early_exit,
+                )
+                if args.json:
+                    print(json.dumps(res.raw, indent=2))
+                    return
+                r = res.raw
+                print(render(r["task"], res.grid))
+                verdict = {True: "yes", False: f"no, {r.get('fault')}", None: "n/a"}[res.verified]
+                print(f"verified: {verdict}")
+                print(f"confidence {res.confidence:.3f}, agreement {res.agreement:.2f} ({res.selector})")
+                print(f"{res.rollouts} rollouts x {res.steps} steps on {res.model}, {res.timing['total_s']:.3f} s")
+            elif args.command == "generate":
+                res = client.generate(args.count, args.kind, args.clues, args.seed, model=args.model)
+                if args.json:
+                    print(json.dumps(res.raw, indent=2))
+                    return
+                for i, item in enumerate(res.items):
+                    print(f"# {i + 1}" + (f": {item['clues']} clues, unique" if args.kind == "puzzle" else ""))
+                    print(render("sudoku", item["puzzle_grid"] if args.kind == "puzzle" else item["grid"]))
+                    print()
+                print(f"{len(res.items)} items; sampled {res.sampled}, valid {res.valid} ({res.validity:.0%})")
+            else:
+                print(json.dumps(client.models(), indent=2))
+        except APIError as e:
+            raise SystemExit(f"engine-client: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""The FastAPI app: /solve, /generate, /v1/models, /healthz, /readyz, /metrics (DESIGN.md "HTTP").
+
+Checkpoints load in a worker thread started by the lifespan, so /healthz answers at once and /readyz says 503 until
+every engine is up (SERVING.md §2.7). Handlers validate, submit and await; a client that disconnects cancels its
+request in the engine (SERVING.md §2.6: the handler races a task waiting for `http.disconnect`).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures, which name per-app models.
+import asyncio
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager, suppress
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from engine.runtime import EngineStopped, Overloaded, TooLarge
+from server import generation
+from server.errors import ApiError, ClientDisconnected, install
+from server.metrics import CONTENT_TYPE, Metrics
+from server.middleware import RequestContext
+from server.models import Models, card, load_models
+from server.schemas import ErrorResponse, GenerateResponse, ModelList, SolveResponse, build_requests
+from server.settings import Settings
+
+log = logging.getLogger("server")
+ERRORS = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (404, "unknown model, or no generator loaded"),
+        (413, "request body too large"),
+        (422, "invalid request or puzzle (the message names the field, row or cell)"),
+        (429, "overloaded; retry after the Retry-After header's seconds"),
+        (503, "loading or draining"),
+        (504, "the deadline passed"),
+    )
+}
+
+
+def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    req = build_requests(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = app.state
+        loading = asyncio.create_task(_load(app, loader))
+        try:
+            yield
+        finally:
+            state.phase = "draining"
+            metrics.ready.set(0)
+            with suppress(Exception):
+                await loading
+            if state.models is not None:
+                for s in state.models.solvers.values():
+                    await s.facade.shutdown(drain=True, timeout=settings.drain_timeout_s)
+            log.info("stopped")
+
+    app = FastAPI(
+        title="trm-engine",
+        version="0.1.0",
+        summary="Inference-time search for Tiny Recursive Models: /solve by K noisy rollouts, /generate with GRAM",
+        lifespan=lifespan,
+    )
+    app.state.settings, app.state.metrics = settings, metrics
+    app.state.phase, app.state.models, app.state.load_error = "loading", None, None
+    install(app)
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+
+    def get_models(request: Request) -> Models:
+        state = request.app.state
+        if state.phase != "ready":
+            raise ApiError(503, "unavailable", _phase_message(state), retry_after=5)
+        return state.models
+
+    ModelsDep = Annotated[Models, Depends(get_models)]
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict:
+        """Liveness: answers from the event loop, never touches an engine."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: ERRORS[503]})
+    async def readyz(request: Request):
+        """Readiness: 503 while loading, after a failed load, while draining, and while an engine is stalled (no step
+        for `watchdog_s` with requests waiting)."""
+        state = request.app.state
+        if state.phase != "ready":
+            return JSONResponse(
+                {"error": {"type": "unavailable", "message": _phase_message(state)}},
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        stalled = {s.name: t for s in state.models.solvers.values() if (t := s.stalled_for()) > settings.watchdog_s}
+        if stalled:
+            name, t = next(iter(stalled.items()))
+            message = f"engine {name!r} has made no step for {t:.0f} s while requests wait"
+            log.error("watchdog: engine stalled", extra={"fields": {"model": name, "stalled_s": t}})
+            return JSONResponse({"error": {"type": "unavailable", "message": message}}, status_code=503)
+        return {"status": "ready", "models": [m.name for m in state.models.all()]}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models", tags=["models"], responses={503: ERRORS[503]})
+    async def list_models(models: ModelsDep) -> ModelList:
+        return ModelList(data=[card(m) for m in models.all()])
+
+    @app.post("/solve", tags=["solve"], responses={c: ERRORS[c] for c in (404, 413, 422, 429, 503, 504)})
+    async def solve(body: req.Solve, request: Request, models: ModelsDep) -> SolveResponse:  # type: ignore[valid-type]
+        """Solve a puzzle by K rollouts on the shared batching engine; one answer is selected and verified."""
+        return await cancel_on_disconnect(request, _solve(body, request, models, settings, metrics))
+
+    @app.post("/generate", tags=["generate"], responses={c: ERRORS[c] for c in (404, 413, 422, 429, 503)})
+    async def generate(body: req.Generate, request: Request, models: ModelsDep) -> GenerateResponse:  # type: ignore[valid-type]
+        """Sample complete grids from the GRAM generator (only verified-valid ones are returned), or puzzles made from
+        them with exactly `clues` givens and a solution proven unique by the exact solver."""
+        return await cancel_on_disconnect(request, _generate(body, request, models, settings, metrics))
+
+    return app
+
+
+def _phase_message(state) -> str:
+    if state.phase == "failed":
+        return f"checkpoint loading failed: {state.load_error}"
+    return {"loading": "the service is loading its checkpoints", "draining": "the service is shutting down"}.get(
+        state.phase, state.phase
+    )
+
+
+async def _load(app: FastAPI, loader) -> None:
+    state = app.state
+    try:
+        models = await asyncio.to_thread(loader, state.settings)
+        if not models.solvers and not models.generators:
+            raise RuntimeError("no checkpoint loaded")
+    except Exception as e:
+        state.phase, state.load_error = "failed", f"{type(e).__name__}: {e}"
+        log.exception("checkpoint loading failed")
+        return
+    state.models = models
+    state.metrics.attach(models)
+    if state.phase == "loading":
+        state.phase = "ready"
+        state.metrics.ready.set(1)
+        log.info("ready", extra={"fields": {"models": [m.name for m in models.all()]}})
+
+
+async def cancel_on_disconnect(request: Request, work):
+    """Run the handler's coroutine, cancelling it when the client disconnects (vLLM's `with_cancellation`). Safe here
+    because the body has already been read."""
+    handler = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not handler.done():
+            handler.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await handler
+    if handler in done:
+        return handler.result()
+    log.info("client disconnected; request cancelled")
+    raise ClientDisconnected()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+# -- /solve ---------------------------------------------------------------------------------------------------------
+
+
+async def _solve(body, request: Request, models: Models, settings: Settings, metrics: Metrics) -> SolveResponse:
+    start = time.perf_counter()
+    solver = models.solver(body.model, body.task)
+    task = solver.task
+    if body.task is not None and body.task != task.name:
+        raise ApiError(422, "invalid_request", f"model {solver.name!r} solves {task.name}, not {body.task!r}")
+    tokens = task.encode(body.puzzle)
+    given = body.search.model_dump(exclude_none=True) if body.search else {}
+    timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
+    try:
+        params = solver.defaults.replace(**given, timeout_s=timeout)
+    except ValueError as e:
+        raise ApiError(422, "invalid_request", f"search: {e}") from None
+    try:
+        result = await solver.facade.search(tokens, params, request_id=request.state.request_id)
+    except (Overloaded, TooLarge, EngineStopped) as e:  # refused at admission: count why
+        metrics.rejections.labels(solver.name, _reason(e)).inc()
+        raise
+    answer = result.answer
+    grid = task.decode(answer)
+    fault = None
+    if task.has_rule_verifier and not result.verified:
+        fault = task.check(tokens, answer)
+    t = result.timing
+    return SolveResponse(
+        solution=task.to_text(answer) if isinstance(body.puzzle, str) else grid,
+        grid=grid,
+        verified=result.verified,
+        fault=fault,
+        confidence=result.selection.confidence,
+        agreement=result.selection.agreement,
+        selector=result.selection.selector,
+        rollouts=result.rollouts,
+        steps=result.steps,
+        row_steps=result.row_steps,
+        finish=result.finish,
+        model=solver.name,
+        task=task.name,
+        request_id=result.request_id,
+        timing={
+            "queued_s": t.queued_s,
+            "compute_s": t.compute_s,
+            "total_s": t.total_s,
+            "server_s": time.perf_counter() - start,
+        },
+    )
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, Overloaded):
+        return {"requests": "queue_full", "rows": "rows_full"}[e.reason]
+    return "too_large" if isinstance(e, TooLarge) else "draining"
+
+
+# -- /generate ------------------------------------------------------------------------------------------------------
+
+
+async def _generate(body, request: Request, models: Models, settings: Settings, metrics: Metrics) -> GenerateResponse:
+    start = time.perf_counter()
+    gen = models.generator(body.model)
+    slots = gen.slots
+    if not slots.acquire(blocking=False):
+        metrics.rejections.labels(gen.name, "generator_busy").inc()
+        raise ApiError(429, "overloaded", "the generator is busy; retry shortly", retry_after=1)
+    timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
+    deadline = time.monotonic() + timeout
+    cancel = threading.Event()
+    sample = generation.model_sampler(gen.ckpt.model, settings.generate_batch)
+
+    def work():
+        try:
+            with gen.lock:
+                return generation.generate(
+                    gen.task,
+                    sample,
+                    body.count,
+                    body.kind,
+                    body.clues,
+                    body.seed,
+                    body.max_samples or settings.max_generate_samples,
+                    settings.generate_batch,
+                    deadline,
+                    cancel,
+                )
+        finally:
+            slots.release()
+
+    try:
+        out = await asyncio.to_thread(work)
+    except asyncio.CancelledError:
+        cancel.set()
+        raise
+    metrics.gen_samples.labels(gen.name).inc(out.sampled)
+    metrics.gen_valid.labels(gen.name).inc(out.valid)
+    metrics.gen_items.labels(gen.name, body.kind).inc(len(out.items))
+    return GenerateResponse(
+        items=out.items,
+        complete=len(out.items) == body.count,
+        sampled=out.sampled,
+        valid=out.valid,
+        validity=out.valid / out.sampled if out.sampled else 0.0,
+        distinct=out.distinct,
+        kind=body.kind,
+        model=gen.name,
+        seed=body.seed,
+        request_id=request.state.request_id,
+        timing_s=time.perf_counter() - start,
+    )

@@ -1,0 +1,71 @@
+"""`engine-serve`: load checkpoints and serve the HTTP API with uvicorn (one worker: the engine is a singleton).
+
+Settings come from `TRM_*` environment variables (server/settings.py); flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from server.app import create_app
+from server.logs import setup_logging
+from server.settings import Settings
+
+FLAGS = {  # flag -> (settings field, type, help)
+    "--host": ("host", str, "bind address (TRM_HOST; default 127.0.0.1, use 0.0.0.0 in a container)"),
+    "--port": ("port", int, "port (TRM_PORT; default 8000)"),
+    "--checkpoint-root": ("checkpoint_root", str, "where relative checkpoint names are looked up"),
+    "--device": ("device", str, "auto, cpu, cuda, cuda:1 ..."),
+    "--dtype": ("dtype", str, "compute dtype: auto, float32, bfloat16"),
+    "--max-batch": ("max_batch", int, "rows per engine step"),
+    "--max-queued-requests": ("max_queued_requests", int, "admission cap on requests (429 beyond)"),
+    "--max-queued-rows": ("max_queued_rows", int, "admission cap on rows, a request counting its K"),
+    "--rows-per-request": ("rows_per_request", int, "rows one request may take per step while others wait"),
+    "--max-rollouts": ("max_rollouts", int, "largest K a request may ask for"),
+    "--max-steps": ("max_steps", int, "largest D a request may ask for"),
+    "--max-timeout": ("max_timeout_s", float, "largest timeout_s a request may ask for"),
+    "--default-timeout": ("default_timeout_s", float, "deadline of requests that name none"),
+    "--max-body-bytes": ("max_body_bytes", int, "request body limit (413 beyond)"),
+    "--drain-timeout": ("drain_timeout_s", float, "seconds to finish admitted work on shutdown"),
+    "--watchdog": ("watchdog_s", float, "readiness fails when an engine makes no step this long with work"),
+    "--log-level": ("log_level", str, "debug, info, warning"),
+}
+
+
+def parse(argv: list[str] | None = None) -> Settings:
+    p = argparse.ArgumentParser(prog="engine-serve", description=__doc__)
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        dest="checkpoints",
+        metavar="DIR",
+        help="a checkpoint directory (repeatable); a GRAM generator serves /generate. Default: checkpoints/sudoku-trm "
+        "and, when present, checkpoints/sudoku-gram-gen (under --checkpoint-root)",
+    )
+    for flag, (field, kind, help) in FLAGS.items():
+        p.add_argument(flag, dest=field, type=kind, help=help)
+    args = vars(p.parse_args(argv))
+    return Settings(**{k: v for k, v in args.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse(argv)
+    setup_logging(settings.log_level)
+    for path, required in settings.checkpoint_paths():
+        if required and not (path / "config.json").is_file():
+            raise SystemExit(f"engine-serve: {path} is not a checkpoint directory (no config.json)")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+    )
+
+
+if __name__ == "__main__":
+    main()

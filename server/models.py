@@ -1,0 +1,163 @@
+"""The loaded checkpoints: solvers (one Engine + AsyncEngine each) and generators (a GRAM model behind a lock)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import Checkpoint, load_checkpoint
+from engine.runtime import AsyncEngine, Engine, Limits, Runner
+from engine.search import SearchParams, default_params
+from engine.tasks import Task, get_task
+from server.settings import Settings
+
+log = logging.getLogger("server.models")
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+def is_generator(ckpt: Checkpoint) -> bool:
+    return ckpt.arch == "gram" and getattr(ckpt.config, "unconditional", False)
+
+
+@dataclass
+class Solver:
+    name: str
+    ckpt: Checkpoint
+    task: Task
+    engine: Engine
+    facade: AsyncEngine
+    defaults: SearchParams
+    started_at: float = field(default_factory=time.monotonic)
+
+    def stalled_for(self) -> float:
+        """Seconds the engine has made no step while admitted requests wait (0 when it is idle or progressing):
+        the watchdog of SERVING.md §2.7."""
+        active = list(self.engine.scheduler.active)
+        if not active:
+            return 0.0
+        since = max(self.engine.stats.last_step_at, self.started_at, min(r.submitted for r in active))
+        return max(0.0, time.monotonic() - since)
+
+
+@dataclass
+class Generator:
+    name: str
+    ckpt: Checkpoint
+    task: Task
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the model is used by one thread at a time
+    slots: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(5))  # running + waiting requests
+
+
+@dataclass
+class Models:
+    solvers: dict[str, Solver] = field(default_factory=dict)
+    generators: dict[str, Generator] = field(default_factory=dict)
+
+    def solver(self, name: str | None, task: str | None) -> Solver:
+        if name is not None:
+            if name not in self.solvers:
+                raise ModelNotFound(f"no solver named {name!r}; loaded: {', '.join(self.solvers) or 'none'}")
+            return self.solvers[name]
+        for s in self.solvers.values():
+            if task is None or s.task.name == task:
+                return s
+        raise ModelNotFound(f"no solver for task {task!r}; loaded: {', '.join(self.solvers) or 'none'}")
+
+    def generator(self, name: str | None) -> Generator:
+        if not self.generators:
+            raise ModelNotFound("no generator loaded (start engine-serve with a GRAM generator checkpoint)")
+        if name is None:
+            return next(iter(self.generators.values()))
+        if name not in self.generators:
+            raise ModelNotFound(f"no generator named {name!r}; loaded: {', '.join(self.generators)}")
+        return self.generators[name]
+
+    def all(self) -> list[Solver | Generator]:
+        return [*self.solvers.values(), *self.generators.values()]
+
+
+def pick_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def load_models(settings: Settings) -> Models:
+    """Load every checkpoint (blocking: call it off the event loop). A missing optional default is skipped."""
+    device = pick_device(settings.device)
+    models = Models()
+    for path, required in settings.checkpoint_paths():
+        if not (path / "config.json").is_file() and not required:
+            log.info("optional checkpoint not found, skipped", extra={"fields": {"path": str(path)}})
+            continue
+        ckpt = load_checkpoint(path, device, settings.dtype)
+        name = _unique(Path(path).name, models)
+        if is_generator(ckpt):
+            slots = threading.Semaphore(1 + settings.max_generate_waiting)
+            models.generators[name] = Generator(name, ckpt, get_task(ckpt.task), slots=slots)
+        else:
+            models.solvers[name] = build_solver(name, ckpt, settings)
+        log.info("loaded checkpoint", extra={"fields": {"model": name, "path": str(path), "arch": ckpt.arch}})
+    return models
+
+
+def build_solver(name: str, ckpt: Checkpoint, s: Settings) -> Solver:
+    runner = Runner(ckpt.model, max_batch=s.max_batch, static=s.static, cuda_graphs=s.cuda_graphs)
+    limits = Limits(
+        max_batch=s.max_batch,
+        max_requests=s.max_queued_requests,
+        max_rows=s.max_queued_rows,
+        rows_per_request=s.rows_per_request,
+    )
+    task = get_task(ckpt.task)
+    engine = Engine(runner, task, limits)
+    defaults = default_params(ckpt.task, ckpt.arch, ckpt.config.halt_max_steps, ckpt.meta.get("search"))
+    defaults = defaults.replace(rollouts=min(defaults.rollouts, s.max_rollouts), steps=min(defaults.steps, s.max_steps))
+    solver = Solver(name, ckpt, task, engine, AsyncEngine(engine), defaults)
+    return solver
+
+
+def _unique(name: str, models: Models) -> str:
+    taken = set(models.solvers) | set(models.generators)
+    base, i = name, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
+def card(m: Solver | Generator) -> dict:
+    ckpt = m.ckpt
+    info = {
+        "id": m.name,
+        "role": "solver" if isinstance(m, Solver) else "generator",
+        "task": ckpt.task,
+        "arch": ckpt.arch,
+        "path": str(ckpt.path),
+        "device": str(next(ckpt.model.parameters()).device),
+        "dtype": ckpt.config.forward_dtype,
+        "parameters": sum(p.numel() for p in ckpt.model.parameters()),
+    }
+    if isinstance(m, Solver):
+        d = m.defaults
+        info.update(
+            runner=m.engine.runner.mode,
+            kernels=m.engine.runner.kernels,
+            defaults={
+                "rollouts": d.rollouts,
+                "steps": d.steps,
+                "noise": d.noise,
+                "selector": d.selector,
+                "seed": d.seed,
+                "early_exit": d.early_exit,
+                "selectors": sorted(m.engine.selectors),
+            },
+        )
+    return info

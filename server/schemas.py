@@ -1,0 +1,150 @@
+"""Request and response bodies. The per-request limits come from Settings and live in the schema (Field(le=...)), so
+/docs shows the limits this server enforces; `build_requests` makes the request models for one app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.search.params import EARLY_EXIT, SELECTORS
+from server.settings import Settings
+
+Selector = Literal[SELECTORS]  # type: ignore[valid-type]
+EarlyExit = Literal[EARLY_EXIT]  # type: ignore[valid-type]
+Puzzle = str | list[Any]
+PUZZLE_DOC = (
+    "Text (Sudoku: 81 characters, '.' or '0' for blanks, whitespace ignored) or nested lists of ints (0 blank). "
+    "The answer comes back in the same form."
+)
+SUDOKU_EXAMPLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    Search: type[BaseModel]
+    Solve: type[BaseModel]
+    Generate: type[BaseModel]
+
+
+def build_requests(s: Settings) -> RequestModels:
+    class SearchIn(Strict):
+        """Search parameters; anything left out takes the checkpoint's default (GET /v1/models)."""
+
+        rollouts: int | None = Field(None, ge=1, le=s.max_rollouts, description="K parallel rollouts (rows)")
+        steps: int | None = Field(None, ge=1, le=s.max_steps, description="D supervision steps per rollout")
+        noise: float | None = Field(None, ge=0, le=10, description="sigma of the latent noise (TRM; PTRM)")
+        selector: Selector | None = Field(None, description="how one answer is chosen among the rollouts")
+        seed: int | None = Field(None, ge=0, le=2**31 - 1, description="makes the rollouts' noise reproducible")
+        early_exit: EarlyExit | None = Field(None, description="stop once a row's answer verifies (or is confident)")
+
+    class SolveRequest(Strict):
+        puzzle: Puzzle = Field(description=PUZZLE_DOC, examples=[SUDOKU_EXAMPLE])
+        task: str | None = Field(None, max_length=64, description="defaults to the model's task")
+        model: str | None = Field(None, max_length=256, description="a solver from GET /v1/models; default: first")
+        search: SearchIn | None = None
+        timeout_s: float | None = Field(
+            None, gt=0, le=s.max_timeout_s, description=f"deadline; default {s.default_timeout_s} s"
+        )
+
+    class GenerateRequest(Strict):
+        task: Literal["sudoku"] = "sudoku"
+        count: int = Field(1, ge=1, le=s.max_generate_count)
+        kind: Literal["grid", "puzzle"] = Field("grid", description="complete grids, or puzzles with a unique solution")
+        clues: int = Field(30, ge=17, le=80, description="kind=puzzle: givens left in each puzzle")
+        seed: int = Field(0, ge=0, le=2**31 - 1, description="same seed, same items")
+        max_samples: int | None = Field(
+            None,
+            ge=1,
+            le=s.max_generate_samples,
+            description=f"generator samples this request may draw; default {s.max_generate_samples}",
+        )
+        model: str | None = Field(None, max_length=256)
+        timeout_s: float | None = Field(None, gt=0, le=s.max_timeout_s)
+
+    return RequestModels(SearchIn, SolveRequest, GenerateRequest)
+
+
+class Timing(BaseModel):
+    queued_s: float = Field(description="admission -> first supervision step")
+    compute_s: float = Field(description="first step -> answer selected")
+    total_s: float = Field(description="engine total: admission -> answer")
+    server_s: float = Field(description="the HTTP handler's wall time, parsing and encoding included")
+
+
+class SolveResponse(BaseModel):
+    solution: Puzzle = Field(description="the selected answer, in the same form as the puzzle")
+    grid: list[Any] = Field(description="the answer as nested lists")
+    verified: bool | None = Field(description="the answer obeys the rules and keeps the givens (None: no verifier)")
+    fault: str | None = Field(None, description="the first rule the answer breaks")
+    confidence: float = Field(description="sigmoid of the chosen rollout's Q halt logit")
+    agreement: float = Field(description="share of rollouts whose answer equals the chosen one")
+    selector: str = Field(description="the selector that chose (early_exit when a row verified first)")
+    rollouts: int = Field(description="rollouts that ran at least one step")
+    steps: int = Field(description="the most supervision steps any rollout ran")
+    row_steps: int = Field(description="supervision steps summed over rollouts")
+    finish: str
+    model: str
+    task: str
+    request_id: str
+    timing: Timing
+
+
+class GeneratedItem(BaseModel):
+    grid: list[list[int]] = Field(description="a complete grid, checked by the rule verifier")
+    text: str
+    valid: bool
+    puzzle: str | None = Field(None, description="kind=puzzle: the puzzle, '.' for blanks")
+    puzzle_grid: list[list[int]] | None = None
+    clues: int | None = None
+    unique: bool | None = Field(None, description="kind=puzzle: the exact solver found exactly one solution")
+
+
+class GenerateResponse(BaseModel):
+    items: list[GeneratedItem]
+    complete: bool = Field(
+        description="as many items as asked for (false: the sample budget or the deadline ran out first; what was "
+        "found is returned)"
+    )
+    sampled: int = Field(description="grids drawn from the generator for this request")
+    valid: int = Field(description="of which valid complete grids")
+    validity: float = Field(description="valid / sampled: the generator's raw validity")
+    distinct: float = Field(description="share of distinct grids among the valid samples")
+    kind: str
+    model: str
+    seed: int
+    request_id: str
+    timing_s: float
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ModelCard(BaseModel):
+    id: str
+    role: Literal["solver", "generator"]
+    task: str
+    arch: str
+    path: str
+    device: str
+    dtype: str
+    runner: str | None = None
+    kernels: str | None = None
+    parameters: int
+    defaults: dict[str, Any] | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,75 @@
+"""Service settings: environment variables prefixed `TRM_` (e.g. `TRM_PORT=9000`), overridden by `engine-serve` flags.
+
+Checkpoint paths that do not exist as given (relative to the working directory) are looked up under
+`checkpoint_root` (TRM_CHECKPOINT_ROOT, or `--checkpoint-root`). By default that is `./checkpoints` when the working
+directory has one, else the `checkpoints/` directory of the source tree (a repo checkout with an editable install);
+the Docker image sets it to /app/checkpoints. With no checkpoints named, the service loads `sudoku-trm` (the shipped
+solver, required) and `sudoku-gram-gen` (the GRAM generator for /generate, skipped when absent).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+DEFAULT_SOLVERS = ("sudoku-trm",)
+DEFAULT_GENERATORS = ("sudoku-gram-gen",)
+
+
+def default_root() -> Path:
+    here = Path.cwd() / "checkpoints"
+    return here if here.is_dir() else REPO_CHECKPOINTS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRM_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    checkpoints: list[str] = Field(default_factory=list, description="checkpoint dirs; empty: the shipped defaults")
+    checkpoint_root: Path = Field(default_factory=lambda: default_root())
+    device: str = "auto"  # auto: cuda when available, else cpu
+    dtype: str = "auto"  # compute dtype passed to load_checkpoint
+    static: bool | None = None  # runner static buffers (None: on CUDA)
+    cuda_graphs: bool | None = None  # (None: on CUDA)
+
+    # engine admission (engine.runtime.Limits)
+    max_batch: int = Field(64, ge=1)
+    max_queued_requests: int = Field(256, ge=1)
+    max_queued_rows: int = Field(4096, ge=1)
+    rows_per_request: int = Field(32, ge=1)
+
+    # per-request limits, shown in the OpenAPI schema
+    max_rollouts: int = Field(64, ge=1)
+    max_steps: int = Field(64, ge=1)
+    max_timeout_s: float = Field(300.0, gt=0)
+    default_timeout_s: float = Field(60.0, gt=0)
+    max_body_bytes: int = Field(64 * 1024, ge=256)
+
+    # /generate
+    max_generate_count: int = Field(64, ge=1)
+    max_generate_samples: int = Field(2048, ge=1)  # samples one request may draw to find valid grids
+    generate_batch: int = Field(64, ge=1)  # samples per generator call (deadline and cancel are checked between)
+    max_generate_waiting: int = Field(4, ge=0)  # requests waiting for the generator beyond the running one
+
+    drain_timeout_s: float = Field(30.0, ge=0)
+    watchdog_s: float = Field(120.0, gt=0)  # /readyz turns 503 when an engine makes no step this long with work
+    log_level: str = "info"
+
+    def resolve(self, name: str) -> Path:
+        """A checkpoint argument as given if it exists, else under checkpoint_root."""
+        path = Path(name)
+        if path.exists() or path.is_absolute():
+            return path
+        return self.checkpoint_root / name
+
+    def checkpoint_paths(self) -> list[tuple[Path, bool]]:
+        """(path, required): named checkpoints are required; of the defaults only the solvers are."""
+        if self.checkpoints:
+            return [(self.resolve(c), True) for c in self.checkpoints]
+        return [(self.checkpoint_root / n, True) for n in DEFAULT_SOLVERS] + [
+            (self.checkpoint_root / n, False) for n in DEFAULT_GENERATORS
+        ]

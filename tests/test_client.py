@@ -1,0 +1,139 @@
+"""The Python clients against a mocked transport: typed errors, retries that honour Retry-After, request bodies."""
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+import clients.client as client_module
+from clients import AsyncClient, BadRequest, Client, NotFound, Overloaded, ServerError, Timeout, Unavailable
+
+PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+OK = {
+    "solution": PUZZLE,
+    "grid": [[0] * 9] * 9,
+    "verified": True,
+    "confidence": 0.9,
+    "agreement": 1.0,
+    "selector": "q",
+    "rollouts": 2,
+    "steps": 3,
+    "model": "m",
+    "timing": {"total_s": 0.1},
+}
+
+
+def error(status, type="x", message="boom", **headers):
+    return httpx.Response(status, json={"error": {"type": type, "message": message}}, headers=headers)
+
+
+def scripted(*responses):
+    """A transport answering with `responses` in turn, recording the requests."""
+    seen, queue = [], list(responses)
+
+    def handler(request):
+        seen.append(request)
+        r = queue.pop(0)
+        if isinstance(r, Exception):
+            raise r
+        return r
+
+    return seen, handler
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    slept = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+
+    async def fake_sleep(s):
+        slept.append(s)
+
+    monkeypatch.setattr(client_module.asyncio, "sleep", fake_sleep)
+    return slept
+
+
+def test_solve_sends_the_contract_body_and_parses_the_result(sleeps):
+    seen, handler = scripted(httpx.Response(200, json=OK))
+    with Client("http://svc", transport=httpx.MockTransport(handler)) as c:
+        res = c.solve(PUZZLE, rollouts=2, steps=3, selector=None, timeout_s=5, model="m")
+    assert json.loads(seen[0].content) == {
+        "puzzle": PUZZLE,
+        "model": "m",
+        "timeout_s": 5,
+        "search": {"rollouts": 2, "steps": 3},
+    }
+    assert seen[0].url.path == "/solve" and res.verified and res.rollouts == 2 and res.raw == OK
+
+
+@pytest.mark.parametrize(
+    "status, kind",
+    [(422, BadRequest), (413, BadRequest), (404, NotFound), (504, Timeout), (500, ServerError)],
+)
+def test_errors_are_typed_and_not_retried(sleeps, status, kind):
+    seen, handler = scripted(error(status, "t", "row 2, column 3: bad", **{"x-request-id": "r1"}))
+    with Client("http://svc", transport=httpx.MockTransport(handler)) as c, pytest.raises(kind) as e:
+        c.solve(PUZZLE)
+    assert len(seen) == 1 and sleeps == []
+    assert (e.value.status, e.value.type, e.value.message, e.value.request_id) == (
+        status,
+        "t",
+        "row 2, column 3: bad",
+        "r1",
+    )
+
+
+def test_429_and_503_are_retried_after_the_servers_retry_after(sleeps):
+    seen, handler = scripted(
+        error(429, **{"retry-after": "3"}), error(503, **{"retry-after": "1"}), httpx.Response(200, json=OK)
+    )
+    with Client("http://svc", transport=httpx.MockTransport(handler), max_retries=2) as c:
+        assert c.solve(PUZZLE).model == "m"
+    assert len(seen) == 3 and sleeps == [3.0, 1.0]
+
+
+def test_retries_run_out_with_the_typed_error(sleeps):
+    _, handler = scripted(*[error(429, "overloaded", **{"retry-after": "2"})] * 3)
+    with (
+        Client("http://svc", transport=httpx.MockTransport(handler), max_retries=2) as c,
+        pytest.raises(Overloaded) as e,
+    ):
+        c.solve(PUZZLE)
+    assert e.value.retry_after == 2 and sleeps == [2.0, 2.0]
+
+
+def test_connection_failures_back_off_then_raise_unavailable(sleeps):
+    _, handler = scripted(*[httpx.ConnectError("refused")] * 2)
+    with Client("http://svc", transport=httpx.MockTransport(handler), max_retries=1, backoff=0.5) as c:
+        with pytest.raises(Unavailable, match="ConnectError"):
+            c.solve(PUZZLE)
+    assert len(sleeps) == 1 and 0.3 <= sleeps[0] <= 0.7  # exponential backoff with jitter, no Retry-After
+    _, handler = scripted(httpx.ReadTimeout("slow"))
+    with Client("http://svc", transport=httpx.MockTransport(handler)) as c, pytest.raises(Timeout):
+        c.solve(PUZZLE)
+
+
+def test_async_client_retries_and_generates(sleeps):
+    gen = {"items": [], "complete": False, "sampled": 4, "valid": 0, "validity": 0.0, "model": "g"}
+    seen, handler = scripted(error(429, **{"retry-after": "1"}), httpx.Response(200, json=gen))
+
+    async def main():
+        async with AsyncClient("http://svc", transport=httpx.MockTransport(handler)) as c:
+            return await c.generate(2, "puzzle", clues=30, seed=7)
+
+    res = asyncio.run(main())
+    assert res.sampled == 4 and sleeps == [1.0]
+    assert json.loads(seen[-1].content) == {"count": 2, "kind": "puzzle", "clues": 30, "seed": 7}
+
+
+def test_cli_reads_a_puzzle_file_and_draws_even_a_wrong_grid(tmp_path):
+    from clients.cli import read_puzzle, render
+
+    f = tmp_path / "p.txt"
+    f.write_text("# a comment\n" + "\n".join(PUZZLE[i : i + 9] for i in range(0, 81, 9)) + "\n")
+    args = type("Args", (), {"file": str(f), "puzzle": None})()
+    assert "".join(read_puzzle(args).split()) == PUZZLE
+    wrong = [[1] * 9] * 9  # nine 1s per row: the codec refuses it, the picture still shows it
+    picture = render("sudoku", wrong)
+    assert picture.splitlines()[0] == "1 1 1 | 1 1 1 | 1 1 1" and "------+-------+------" in picture
