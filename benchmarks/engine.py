@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-batch", type=int, default=64, help="engine rows per step (the largest bucket)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per bucket size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads; use 1 on a loaded machine (see RESULTS.md)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.preset:
         torch.manual_seed(0)
@@ -112,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     t_single = one_at_a_time(model, puzzles, params, args.device)
     ratio = t_single / t_engine
 
-    print(f"machine: {describe(args.device)}; model: {source}; runner: {runner.mode}; kernels: {runner.kernels}")
+    print(
+        f"machine: {describe(args.device)}, {torch.get_num_threads()} torch threads; model: {source}; "
+        f"runner: {runner.mode}; kernels: {runner.kernels}"
+    )
     print(f"{args.requests} requests x K={args.rollouts} x D={args.steps} = {work} row-steps")
     print(f"  engine, concurrent     {t_engine:8.2f} s  {work / t_engine:9.1f} row-steps/s")
     print(f"  plain loop, one by one {t_single:8.2f} s  {work / t_single:9.1f} row-steps/s")
@@ -126,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             {
                 "throughput_ratio": round(ratio, 3),
                 "device": describe(args.device),
+                "threads": torch.get_num_threads(),
                 "model": source,
                 "runner": runner.mode,
                 "requests": args.requests,

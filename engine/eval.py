@@ -237,8 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="rows per engine step")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto, bfloat16, float32")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is much faster on a machine other jobs load)")
     p.add_argument("--json", help="write the results to this JSON file")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     try:
         ckpt = load_checkpoint(args.checkpoint, args.device, args.dtype)
