@@ -10,17 +10,17 @@ import argparse
 import torch
 
 from engine.checkpoint import save_checkpoint
-from engine.models import PRESETS, TRM, preset
+from engine.models import GRAM, GRAM_PRESETS, PRESETS, TRM, preset
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="engine-init", description=__doc__.splitlines()[0])
     p.add_argument("dst", help="output checkpoint directory")
-    p.add_argument("--preset", default="sudoku-tiny", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="sudoku-tiny", choices=sorted([*PRESETS, *GRAM_PRESETS]))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
-    model = TRM(preset(args.preset))
+    model = GRAM(preset(args.preset)) if args.preset in GRAM_PRESETS else TRM(preset(args.preset))
     meta = {"training": {"status": "untrained", "preset": args.preset, "seed": args.seed}}
-    out = save_checkpoint(args.dst, model, args.preset.split("-")[0], meta=meta)
+    out = save_checkpoint(args.dst, model, args.preset.removeprefix("gram-").split("-")[0], meta=meta)
     print(f"wrote {out}: untrained {args.preset} ({sum(p.numel() for p in model.parameters()):,} parameters)")

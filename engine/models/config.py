@@ -102,10 +102,12 @@ class GRAMConfig(TRMConfig):
     sigma_init: float = 0.1  # scale of both heads at initialisation
     lprm: bool = True  # the LPRM value head
     unconditional: bool = False  # a generator: trained on all-blank inputs
+    posterior_on: str = "last"  # transitions drawn from q given a target: "last" of each step, or "all"
 
     def __post_init__(self):
         TRMConfig.__post_init__(self)  # explicit: zero-argument super() breaks in slots dataclasses
         _require(0 < self.sigma_min < self.sigma_init < self.sigma_max, "need 0 < sigma_min < sigma_init < sigma_max")
+        _require(self.posterior_on in ("last", "all"), f"posterior_on must be last or all, got {self.posterior_on!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> GRAMConfig:

@@ -1,4 +1,4 @@
-"""GRAM, Generative Recursive reAsoning Models (arXiv:2605.19376; PTRM_GRAM.md §4), on TRM's layers.
+"""GRAM, Generative Recursive Reasoning (arXiv:2605.19376; PTRM_GRAM.md §4), on TRM's layers.
 
 State (h, l) = (z_H, z_L) as in TRM. One transition: K deterministic low-level updates l = f(l + h + x), then
 u = f(h + l) and h = u + eps, with eps drawn from the learned prior p(eps | u) = N(mu(u), sigma(u)^2), or from the
@@ -18,6 +18,12 @@ Choices where the paper is silent (PTRM_GRAM.md §4.2-4.5, [N] there):
 - The ACT (halt, continue) and LPRM value heads read h[:, 0] detached: no gradient into the core (§4.5). The value is
   sigmoid(linear), in [0, 1].
 - Only the last transition of a step runs with grad (the truncated ELBO, Eq. 14), like TRM's last cycle.
+- Given a target, only that last transition draws from the posterior; the others draw from the prior
+  (`posterior_on="last"`). The paper does not say which distribution feeds the undifferentiated, unpenalised
+  transitions. Drawing them from the posterior too (`"all"`) leaked y for free: in a CPU generator run the posterior
+  put the grid into the first transition (KL there about 8 nats per position, never penalised) while the penalised
+  last-transition KL fell to 0.03, so prior samples were never valid. With "last" every nat of y pays its KL, and
+  the truncated surrogate is an exact ELBO for this variational family (the other KL terms are 0).
 - Log-densities and KLs are fp32 sums over every position and channel of h (nats per row).
 """
 
@@ -70,7 +76,7 @@ class GramStep(NamedTuple):
     q: torch.Tensor  # [B, 2] fp32, (halt, continue) logits
     value: torch.Tensor | None  # [B] fp32 LPRM value in [0, 1]
     log_prior: torch.Tensor  # [B] fp32, log p(eps | u) of the eps drawn at this step's transitions, summed
-    kl: torch.Tensor | None  # [B] fp32, sum over this step's transitions of KL(q || p); posterior mode only
+    kl: torch.Tensor | None  # [B] fp32, sum of KL(q || p) over this step's posterior transitions; posterior mode
     last: tuple[Gaussian, Gaussian] | None = None
 
 
@@ -139,41 +145,42 @@ class GRAM(nn.Module):
         noise: StepNoise | None = None,
         target: torch.Tensor | None = None,
     ) -> GramStep:
-        """One supervision step of T stochastic transitions. eps = mean + scale * noise(t, shape) (torch's RNG
-        without `noise`), from the prior, or from the posterior q(eps | u, target) when `target` [B, seq_len] is given."""
+        """One supervision step of T stochastic transitions: eps = mean + scale * noise(t, shape) (torch's RNG
+        without `noise`), from the prior, or from the posterior q(eps | u, target) given `target` [B, seq_len]."""
         c = self.config
         x = self.embed(inputs, puzzle_ids)
         y = None
         if target is not None:
             y = F.pad(F.embedding(target, self.embed_target.weight.to(self.dtype)), (0, 0, c.prefix_len, 0))
-        h, l = carry.z_H, carry.z_L
+        z_H, z_L = carry.z_H, carry.z_L
         B, shape = inputs.shape[0], (c.total_len, c.hidden_size)
-        log_prior = torch.zeros(B, device=h.device)
-        kl = torch.zeros(B, device=h.device) if y is not None else None
+        log_prior = torch.zeros(B, device=z_H.device)
+        kl = torch.zeros(B, device=z_H.device) if y is not None else None
         last = None
         for t in range(c.H_cycles):
             is_last = t == c.H_cycles - 1
             with torch.set_grad_enabled(torch.is_grad_enabled() and is_last):
                 for _ in range(c.L_cycles):
-                    l = self.net(l + (h + x))
-                u = self.net(h + l)
+                    z_L = self.net(z_L + (z_H + x))
+                u = self.net(z_H + z_L)
                 prior = self.prior(u)
-                post = self.posterior(u + y) if y is not None else None
+                use_post = y is not None and (is_last or c.posterior_on == "all")
+                post = self.posterior(u + y) if use_post else None
                 dist = post if post is not None else prior
                 n = noise(t, shape) if noise is not None else torch.randn(B, *shape, device=u.device)
                 eps = dist.mean + dist.scale * n.to(u.device, torch.float32)
-                h = (u.float() + eps).to(self.dtype)
+                z_H = (u.float() + eps).to(self.dtype)
                 with torch.no_grad():
                     log_prior += prior.log_prob(eps)
                     if post is not None:
                         kl += gaussian_kl(post, prior)
                 if is_last and post is not None:
                     last = (post, prior)
-        logits = self.lm_head(self.decoder(h[:, c.prefix_len :]))
-        first = h[:, 0].detach()
+        logits = self.lm_head(self.decoder(z_H[:, c.prefix_len :]))
+        first = z_H[:, 0].detach()
         q = self.q_head(first).float()
         value = torch.sigmoid(self.value_head(first).float()).squeeze(-1) if self.value_head is not None else None
-        return GramStep(Carry(h.detach(), l.detach()), logits, q, value, log_prior, kl, last)
+        return GramStep(Carry(z_H.detach(), z_L.detach()), logits, q, value, log_prior, kl, last)
 
     # -- whole trajectories ------------------------------------------------------------------------------------------
 

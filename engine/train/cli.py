@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from engine.train.config import PRESETS, TrainConfig, train_preset
 from engine.tasks.sudoku import BLANK
+from engine.train.config import PRESETS, TrainConfig, train_preset
 from engine.train.data import (
     download_sudoku_extreme,
     generate_puzzles,

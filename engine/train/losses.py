@@ -1,4 +1,5 @@
-"""Training losses: TRM's stablemax cross-entropy and ACT head (TRM.md §8.1); GRAM's truncated ELBO (PTRM_GRAM.md §4.3)."""
+"""Training losses: TRM's stablemax cross-entropy and ACT head (TRM.md §8.1); GRAM's truncated ELBO
+(PTRM_GRAM.md §4.3)."""
 
 from __future__ import annotations
 

@@ -35,13 +35,11 @@ from engine.tasks import get_task
 from engine.train.config import TrainConfig
 from engine.train.data import SampleStream
 from engine.train.losses import act_loss, gram_loss
+from engine.train.optim import EMA, AdamATan2, SignSGD, lr_at
 
 
 class PosteriorCollapse(RuntimeError):
     """GRAM training stopped by the collapse guard; the message says which test fired and how to react."""
-
-
-from engine.train.optim import EMA, AdamATan2, SignSGD, lr_at
 
 
 @dataclass(frozen=True)
@@ -299,12 +297,12 @@ class Trainer:
         result = {
             "n": int(n),
             "posterior_exact": post_exact / n,
-            "kl": kl / (n * c.halt_max_steps * c.H_cycles * c.total_len),  # nats per position per transition
+            "kl": kl / (n * c.halt_max_steps * c.total_len),  # nats per position per supervision step
         }
         if cfg.generator:
             samples = sample_grids(model, int(n), seed=cfg.seed + 1, device=self.device)
             report = generation_report(get_task(self.task), samples)
-            result.update(validity=report["validity"], distinct=report["distinct"])
+            result.update(validity=report["validity"], distinct=report["distinct"], units=report["units"])
         else:
             result.update(exact_accuracy=exact / n, cell_accuracy=cells / n, lprm_abs_error=value_err / n)
         return result
@@ -326,7 +324,8 @@ class Trainer:
             and ev["posterior_exact"] - prior > cfg.collapse_max_gap
         ):
             return (
-                f"the prior fell behind the posterior: prior exact {prior:.3f} vs posterior {ev['posterior_exact']:.3f} "
+                f"the prior fell behind the posterior: prior exact {prior:.3f}, "
+                f"posterior exact {ev['posterior_exact']:.3f} "
                 f"(gap > collapse_max_gap {cfg.collapse_max_gap:g}); eps has become a private channel for y. "
                 "Try a larger --beta"
             )
@@ -423,7 +422,8 @@ def describe_eval(ev: dict) -> str:
     """One line for the progress bar and the CLI."""
     if "validity" in ev:
         return (
-            f"generated validity {ev['validity']:.4f}, distinct {ev['distinct']:.4f} (n={ev['n']}); "
+            f"generated validity {ev['validity']:.4f}, distinct {ev['distinct']:.4f}, units {ev.get('units', 0):.4f} "
+            f"(n={ev['n']}); "
             f"posterior reconstruction {ev['posterior_exact']:.4f}, KL {ev['kl']:.4f}"
         )
     line = f"held-out exact accuracy {ev['exact_accuracy']:.4f} (cells {ev['cell_accuracy']:.4f}, n={ev['n']})"
