@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+import torch
 import uvicorn
 
 from server.app import create_app
@@ -30,6 +31,7 @@ FLAGS = {  # flag -> (settings field, type, help)
     "--max-body-bytes": ("max_body_bytes", int, "request body limit (413 beyond)"),
     "--drain-timeout": ("drain_timeout_s", float, "seconds to finish admitted work on shutdown"),
     "--watchdog": ("watchdog_s", float, "readiness fails when an engine makes no step this long with work"),
+    "--threads": ("threads", int, "torch CPU threads (default: torch's; 1 on a machine shared with other jobs)"),
     "--log-level": ("log_level", str, "debug, info, warning"),
 }
 
@@ -53,6 +55,8 @@ def parse(argv: list[str] | None = None) -> Settings:
 def main(argv: list[str] | None = None) -> None:
     settings = parse(argv)
     setup_logging(settings.log_level)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     for path, required in settings.checkpoint_paths():
         if required and not (path / "config.json").is_file():
             raise SystemExit(f"engine-serve: {path} is not a checkpoint directory (no config.json)")

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
 
     drain_timeout_s: float = Field(30.0, ge=0)
     watchdog_s: float = Field(120.0, gt=0)  # /readyz turns 503 when an engine makes no step this long with work
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None: torch's default (one per core)
     log_level: str = "info"
 
     def resolve(self, name: str) -> Path:
