@@ -21,7 +21,7 @@ from engine.generate import sample_grids
 from engine.tasks import Task
 from engine.tasks.base import PAD
 from engine.tasks.sudoku import BLANK
-from engine.tasks.sudoku_solver import count_solutions
+from engine.train.data import carve
 
 PUZZLE_TRIES = 8  # removal orders tried per grid before moving on to the next grid
 
@@ -105,19 +105,10 @@ def _item(task: Task, grid: np.ndarray, kind: str, clues: int, rng: np.random.Ge
 
 
 def make_puzzle(grid: np.ndarray, clues: int, rng: np.random.Generator, tries: int = PUZZLE_TRIES) -> np.ndarray | None:
-    """Blank cells of a complete grid in random order, keeping the solution unique, down to exactly `clues` givens
-    (as engine.train.data.generate_puzzles does); None when no tried order gets there. Uniqueness is proven by the
-    exact solver: count_solutions(puzzle, limit=2) == 1."""
+    """A puzzle with exactly `clues` givens and a unique solution (proven by the exact solver, `carve`), trying up to
+    `tries` removal orders; None when none gets there."""
     for _ in range(tries):
-        puzzle, given = grid.copy(), 81
-        for cell in rng.permutation(81):
-            if given == clues:
-                break
-            puzzle[cell] = BLANK
-            if count_solutions(puzzle, 2) == 1:
-                given -= 1
-            else:
-                puzzle[cell] = grid[cell]
-        if given == clues and count_solutions(puzzle, 2) == 1:
+        puzzle, given = carve(grid, clues, rng)
+        if given == clues:
             return puzzle
     return None

@@ -137,6 +137,21 @@ def random_grids(n: int, rng: np.random.Generator) -> np.ndarray:
     return augment(grids, grids, rng)[1]
 
 
+def carve(solution: np.ndarray, clues: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Blank the cells of a complete grid in random order, skipping any whose removal makes the solution ambiguous
+    (proven by the exact solver), until `clues` givens remain or the pass ends. Returns (puzzle, givens left)."""
+    puzzle, given = solution.copy(), 81
+    for cell in rng.permutation(81):
+        if given == clues:
+            break
+        puzzle[cell] = BLANK
+        if count_solutions(puzzle, 2) == 1:
+            given -= 1
+        else:
+            puzzle[cell] = solution[cell]  # this clue is needed for uniqueness
+    return puzzle, given
+
+
 def generate_puzzles(
     n: int, rng: np.random.Generator, clues: tuple[int, int] = (22, 30), min_guesses: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -158,15 +173,7 @@ def generate_puzzles(
     made = 0
     while made < n:
         solution = random_grids(1, rng)[0]
-        target, given, puzzle = rng.integers(lo, hi + 1), 81, solution.copy()
-        for cell in rng.permutation(81):
-            if given == target:
-                break
-            puzzle[cell] = BLANK
-            if count_solutions(puzzle, 2) == 1:
-                given -= 1
-            else:
-                puzzle[cell] = solution[cell]  # this clue is needed for uniqueness
+        puzzle, given = carve(solution, int(rng.integers(lo, hi + 1)), rng)
         if given > hi or search(puzzle).guesses < min_guesses:
             continue
         inputs[made], labels[made] = puzzle, solution
