@@ -213,7 +213,10 @@ def _usable(selector: str, rows: Rows, likelihoods) -> bool:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="engine-eval", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--puzzles", required=True, help="puzzle file, one per line")
+    p.add_argument("--puzzles", help="puzzle file, one per line")
+    p.add_argument(
+        "--generate", type=int, metavar="N", help="GRAM generator: draw N grids, report validity and distinct share"
+    )
     p.add_argument("--solutions", help="solutions file, one per puzzle line (else the rule verifier judges)")
     p.add_argument("--counts", help="file of solution counts per puzzle: report validity and coverage")
     p.add_argument("--coverage", action="store_true", help="report coverage, counting solutions with the solver")
@@ -248,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointError as e:
         raise SystemExit(f"engine-eval: {e}") from None
     task = get_task(ckpt.task)
+    if args.generate:
+        return _generate(ckpt, task, args)
+    if not args.puzzles:
+        raise SystemExit("engine-eval: give --puzzles FILE (or --generate N for a GRAM generator)")
     # Without search flags: deterministic TRM (K = 1, no noise), the number a CARD quotes; with K > 1 the noise
     # defaults to the checkpoint's (PTRM's per-task sigma).
     defaults = default_params(task.name, ckpt.arch, ckpt.config.halt_max_steps, ckpt.meta.get("search"))
@@ -325,6 +332,31 @@ def main(argv: list[str] | None = None) -> None:
         _print_sweep(result["sweep"])
         if args.plot:
             plot(result["sweep"], args.plot, f"{Path(args.checkpoint).name} on {Path(args.puzzles).name}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
+    """`--generate N`: raw validity and distinct share of N samples from a GRAM generator (PTRM_GRAM.md §4.10)."""
+    from engine.generate import generation_report, sample_grids
+
+    if ckpt.arch != "gram":
+        raise SystemExit(f"engine-eval: --generate needs a GRAM generator; {args.checkpoint} is {ckpt.arch}")
+    seed = args.seed or 0
+    start = time.perf_counter()
+    samples = sample_grids(ckpt.model, args.generate, seed, args.steps, args.batch_size, args.device)
+    wall = time.perf_counter() - start
+    result = generation_report(task, samples)
+    result.update(
+        checkpoint=str(args.checkpoint),
+        seed=seed,
+        steps=args.steps or ckpt.config.halt_max_steps,
+        device=args.device,
+        wall_seconds=round(wall, 3),
+        samples_per_second=round(args.generate / wall, 2),
+        machine=describe(args.device),
+    )
+    _print(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -118,3 +118,13 @@ def test_console_scripts_are_installed():
         path = shutil.which(script, path=str(bin_dir))
         assert path, f"{script} is not installed next to {sys.executable}"
         assert subprocess.run([path, "--help"], capture_output=True, timeout=120).returncode == 0
+
+
+def test_eval_generate_reports_validity_of_a_gram_generator(tmp_path):
+    init_main([str(tmp_path / "gen"), "--preset", "gram-sudoku-tiny"])
+    eval_main(["--checkpoint", str(tmp_path / "gen"), "--generate", "3", "-D", "2", "--json", str(tmp_path / "g.json")])
+    r = json.loads((tmp_path / "g.json").read_text())
+    assert r["n"] == 3 and 0 <= r["validity"] <= 1 and 0 <= r["distinct"] <= 1 and r["steps"] == 2
+    with pytest.raises(SystemExit, match="needs a GRAM generator"):
+        init_main([str(tmp_path / "trm"), "--preset", "sudoku-tiny"])
+        eval_main(["--checkpoint", str(tmp_path / "trm"), "--generate", "3"])
