@@ -39,8 +39,8 @@ from torch import nn
 
 import kernels
 from engine.models.config import GRAMConfig
-from engine.models.layers import Block, Linear, RotaryEmbedding, SwiGLU, swiglu_inter_size, trunc_normal_
-from engine.models.trm import TRM, Carry
+from engine.models.layers import Linear, SwiGLU, swiglu_inter_size
+from engine.models.trm import Carry, RecursiveNet
 
 StepNoise = Callable[[int, tuple[int, ...]], torch.Tensor]  # (transition t, shape) -> fp32 N(0, 1) [B, *shape]
 NoisePlan = Callable[[int], StepNoise]  # supervision step n of a trajectory -> that step's noise
@@ -100,42 +100,17 @@ class GaussianHead(nn.Module):
         return Gaussian(mean, self.lo + (self.hi - self.lo) * torch.sigmoid(s))
 
 
-class GRAM(nn.Module):
+class GRAM(RecursiveNet):
     def __init__(self, config: GRAMConfig):
-        super().__init__()
         if not isinstance(config, GRAMConfig):
             raise TypeError(f"GRAM needs a GRAMConfig, got {type(config).__name__}")
-        self.config = c = config
-        self.dtype = getattr(torch, c.forward_dtype)
-        self.embed_scale = c.hidden_size**0.5
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
-        trunc_normal_(self.embed_tokens.weight, std=1 / self.embed_scale)
-        if c.puzzle_emb_ndim > 0:
-            self.puzzle_emb = nn.Parameter(torch.zeros(c.num_puzzle_identifiers, c.puzzle_emb_ndim))
-        if c.pos_encodings == "learned":
-            self.embed_pos = nn.Parameter(
-                trunc_normal_(torch.empty(c.total_len, c.hidden_size), std=1 / self.embed_scale)
-            )
-        self.rope = RotaryEmbedding(c.head_dim, c.total_len, c.rope_theta) if c.pos_encodings == "rope" else None
-        self.layers = nn.ModuleList(Block(c) for _ in range(c.L_layers))
+        super().__init__(config)
+        c = config
         self.prior = GaussianHead(c)
         self.posterior = GaussianHead(c)
         self.embed_target = nn.Embedding(c.vocab_size, c.hidden_size)  # N(0, 1): the scale of u's channels
         self.decoder = SwiGLU(c.hidden_size, c.expansion)
-        self.lm_head = Linear(c.hidden_size, c.vocab_size)
-        self.q_head = Linear(c.hidden_size, 2, bias=True)
         self.value_head = Linear(c.hidden_size, 1, bias=True) if c.lprm else None
-        with torch.no_grad():  # Q starts near "never halt", as TRM's
-            self.q_head.weight.zero_()
-            self.q_head.bias.fill_(-5)
-        self.register_buffer("H_init", trunc_normal_(torch.empty(c.hidden_size), std=1).to(self.dtype))
-        self.register_buffer("L_init", trunc_normal_(torch.empty(c.hidden_size), std=1).to(self.dtype))
-
-    # TRM's own embedding, shared network and carry handling (same attribute names, same maths).
-    initial_carry = TRM.initial_carry
-    reset = TRM.reset
-    embed = TRM.embed
-    net = TRM.net
 
     def step(
         self,

@@ -36,7 +36,10 @@ class Noise:
     sigma_y: torch.Tensor | None = None  # fp32 [B], on the answer state y = z_H (an ablation); None: no noise on y
 
 
-class TRM(nn.Module):
+class RecursiveNet(nn.Module):
+    """What TRM and GRAM share: the input embedding, the 2-block network f, the output and Q heads, the fixed initial
+    states and the carry handling (same attribute names as the official code, so checkpoints map one to one)."""
+
     def __init__(self, config: TRMConfig):
         super().__init__()
         self.config = c = config
@@ -73,8 +76,6 @@ class TRM(nn.Module):
         m = mask.view(-1, 1, 1)
         return Carry(torch.where(m, self.H_init, carry.z_H), torch.where(m, self.L_init, carry.z_L))
 
-    # -- forward ----------------------------------------------------------------------------------------------------
-
     def embed(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
         """x: tokens plus the puzzle prefix (slot 0 = puzzle vector, other slots zero), scaled by sqrt(hidden)."""
         c = self.config
@@ -93,6 +94,8 @@ class TRM(nn.Module):
             h = layer(h, self.rope)
         return h
 
+
+class TRM(RecursiveNet):
     def step(
         self, carry: Carry, inputs: torch.Tensor, puzzle_ids: torch.Tensor, noise: Noise | None = None
     ) -> tuple[Carry, torch.Tensor, torch.Tensor]:
