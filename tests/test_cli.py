@@ -125,6 +125,6 @@ def test_eval_generate_reports_validity_of_a_gram_generator(tmp_path):
     eval_main(["--checkpoint", str(tmp_path / "gen"), "--generate", "3", "-D", "2", "--json", str(tmp_path / "g.json")])
     r = json.loads((tmp_path / "g.json").read_text())
     assert r["n"] == 3 and 0 <= r["validity"] <= 1 and 0 <= r["distinct"] <= 1 and r["steps"] == 2
+    init_main([str(tmp_path / "trm"), "--preset", "sudoku-tiny"])
     with pytest.raises(SystemExit, match="needs a GRAM generator"):
-        init_main([str(tmp_path / "trm"), "--preset", "sudoku-tiny"])
         eval_main(["--checkpoint", str(tmp_path / "trm"), "--generate", "3"])

@@ -162,16 +162,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-_SMALL = {k: v for k, v in PRESETS["sudoku-small"].items()}
-_TINY = {k: v for k, v in PRESETS["sudoku-tiny"].items()}
-
 # GRAM (PTRM_GRAM.md §4.7): the paper's Sudoku net is TRM-MLP sized with T = 3, K = 6, N_sup = 16; the small ones
 # mirror sudoku-small / sudoku-tiny for CPU training and tests.
 GRAM_PRESETS: dict[str, dict] = {
     "gram-sudoku": dict(PRESETS["sudoku-mlp"]),
-    "gram-sudoku-small": dict(_SMALL),
-    "gram-sudoku-gen-small": dict(_SMALL, unconditional=True),
-    "gram-sudoku-tiny": dict(_TINY),
+    "gram-sudoku-small": dict(PRESETS["sudoku-small"]),
+    "gram-sudoku-gen-small": dict(PRESETS["sudoku-small"], unconditional=True),
+    "gram-sudoku-tiny": dict(PRESETS["sudoku-tiny"]),
 }
 
 

@@ -188,7 +188,7 @@ class Engine:
 
     def _account(self, rows: int, elapsed: float) -> None:
         s = self.stats
-        bucket = next(b for b in self.runner.buckets if b >= rows) if self.runner.static else rows
+        bucket = self.runner.padded(rows)
         s.steps += 1
         s.row_steps += rows
         s.padded_row_steps += bucket

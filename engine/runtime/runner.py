@@ -81,6 +81,10 @@ class Runner:
     def mode(self) -> str:
         return "cuda-graphs" if self.cuda_graphs else "static" if self.static else "eager"
 
+    def padded(self, rows: int) -> int:
+        """Rows the device computes for a step of `rows`: the smallest bucket that holds them (static mode)."""
+        return next(s for s in self.buckets if s >= rows) if self.static else rows
+
     @property
     def kernels(self) -> str:
         return kernels.backend(self.device)
@@ -93,7 +97,7 @@ class Runner:
         if not 0 < n <= self.max_batch:
             raise ValueError(f"a step takes 1..{self.max_batch} rows, got {n}")
         idx = torch.as_tensor(batch.slots, device=self.device)
-        out = self._run_static(batch) if self.static else self._run_eager(batch, idx)
+        out = self._run_static(batch, idx) if self.static else self._run_eager(batch, idx)
         self.pool_H[idx] = out.carry.z_H[:n]
         self.pool_L[idx] = out.carry.z_L[:n]
         cpu = lambda t: None if t is None else t[:n].float().cpu().numpy()  # noqa: E731
@@ -152,10 +156,9 @@ class Runner:
             v["sigma_y"] if with_y else None,
         )
 
-    def _run_static(self, b: Batch) -> StepOut:
+    def _run_static(self, b: Batch, idx: torch.Tensor) -> StepOut:
         n = len(b.slots)
-        size = next(s for s in self.buckets if s >= n)
-        idx = torch.as_tensor(b.slots, device=self.device)
+        size = self.padded(n)
         self.buf["z_H"][:n] = self.pool_H[idx]
         self.buf["z_L"][:n] = self.pool_L[idx]
         self.buf["fresh"][:n] = torch.as_tensor(b.fresh)
