@@ -88,7 +88,8 @@ class TRMConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown TRM config field(s): {', '.join(unknown)}")
+            kind = cls.__name__.removesuffix("Config")  # TRM or GRAM
+            raise ValueError(f"unknown {kind} config field(s): {', '.join(unknown)}")
         return cls(**d)
 
 
@@ -108,14 +109,6 @@ class GRAMConfig(TRMConfig):
         TRMConfig.__post_init__(self)  # explicit: zero-argument super() breaks in slots dataclasses
         _require(0 < self.sigma_min < self.sigma_init < self.sigma_max, "need 0 < sigma_min < sigma_init < sigma_max")
         _require(self.posterior_on in ("last", "all"), f"posterior_on must be last or all, got {self.posterior_on!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GRAMConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown GRAM config field(s): {', '.join(unknown)}")
-        return cls(**d)
 
 
 def _require(ok: bool, message: str) -> None:
