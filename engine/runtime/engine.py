@@ -269,14 +269,16 @@ class Engine:
         )
         self.scheduler.remove(req)
         self.stats.requests_finished += 1
-        if not req.future.cancelled():
+        # Check and claim in one atomic call: a client cancel between a `cancelled()` check and the set would
+        # raise here, in the loop, whose handler then fails every active request (issue 16).
+        if req.future.set_running_or_notify_cancel():
             req.future.set_result(result)
         for hook in self.on_resolve:
             hook(req, result, None)
 
     def _fail(self, req: Request, error: RequestError) -> None:
         self.scheduler.remove(req)
-        if not req.future.cancelled():
+        if req.future.set_running_or_notify_cancel():  # atomic, as in _resolve
             req.future.set_exception(error)
         for hook in self.on_resolve:
             hook(req, None, error)
