@@ -228,7 +228,7 @@ async def _solve(body, request: Request, models: Models, settings: Settings, met
 
 def _reason(e: Exception) -> str:
     if isinstance(e, Overloaded):
-        return {"requests": "queue_full", "rows": "rows_full"}[e.reason]
+        return {"requests": "queue_full", "rows": "rows_full", "deadline": "deadline"}[e.reason]
     return "too_large" if isinstance(e, TooLarge) else "draining"
 
 

@@ -1,8 +1,9 @@
 """The scheduler: bounded admission, and which rows run at the next supervision step.
 
 Admission is synchronous (any thread): a request is refused at once when the queued requests or rows would pass
-their caps, before any work is spent on it (SERVING.md §2.4). Admitted requests wait in an inbox that the engine
-thread drains at each step boundary.
+their caps, before any work is spent on it (SERVING.md §2.4), or when the work queued ahead of it plus its own would
+not finish before its deadline at the measured pace (issue 16: admitting it would only end in a 504). Admitted
+requests wait in an inbox that the engine thread drains at each step boundary.
 
 Picking rows (engine thread) is FIFO over requests in two passes: first every request gets up to
 `rows_per_request` rows, so one huge K cannot starve the others; then leftover room goes FIFO without the cap.
@@ -13,12 +14,29 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
-from engine.runtime.request import EngineStopped, Overloaded, Request, TooLarge
+from engine.runtime.request import EngineStopped, Overloaded, Request, RequestError, TooLarge
+
+DEADLINE_MARGIN = 1.25  # estimated finish x this must still be before the deadline (the pace is an estimate)
+MAX_RETRY_AFTER = 3600.0  # Retry-After stays truthful for long queues, within reason
+
+
+class DeadlineUnmet(Overloaded):
+    """Admission refused: the work queued ahead plus this request's would not finish before its deadline (HTTP 429)."""
+
+    def __init__(self, need_s: float | None, timeout_s: float, retry_after: float):
+        took = "the pace is not measured yet" if need_s is None else f"it would take about {need_s:.1f} s"
+        RequestError.__init__(
+            self,
+            f"engine overloaded: the queued work plus this request cannot finish within its {timeout_s:g} s deadline "
+            f"({took}); retry in {retry_after:.0f} s",
+        )
+        self.reason, self.limit, self.retry_after = "deadline", 0, retry_after
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,7 @@ class Scheduler:
                 raise Overloaded("requests", lim.max_requests, self.retry_after())
             if self._rows + request.rows > lim.max_rows:
                 raise Overloaded("rows", lim.max_rows, self.retry_after())
+            self._check_deadline(request)
             self._requests += 1
             self._rows += request.rows
             self._inbox.append(request)
@@ -71,12 +90,37 @@ class Scheduler:
             self._requests -= 1
             self._rows -= request.rows
 
+    def _check_deadline(self, request: Request) -> None:
+        """Refuse (DeadlineUnmet) a request that would finish past its deadline behind the admitted work. A request
+        with nothing ahead of it is always admitted: only its own deadline can stop it then."""
+        if self._requests == 0 or request.params.timeout_s is None:
+            return
+        timeout, pace = request.params.timeout_s, self.row_steps_per_s
+        left = request.deadline - time.monotonic()
+        if pace <= 0:  # nothing measured yet: one request at a time until the first step gives a pace
+            raise DeadlineUnmet(None, timeout, 1.0)
+        ahead = self._work()
+        own = request.rows * request.params.steps
+        need = (ahead + own) / pace
+        if need * DEADLINE_MARGIN <= left:
+            return
+        # On a retry the deadline starts afresh: wait until what is ahead has shrunk to what then fits.
+        fits = max(0.0, timeout / DEADLINE_MARGIN - own / pace)
+        raise DeadlineUnmet(need, timeout, self._seconds(ahead / pace - fits))
+
+    def _work(self) -> int:
+        """Row-steps the admitted requests still have to run (a best-effort read of the engine thread's arrays)."""
+        return sum(int((r.params.steps - r.steps_done).sum()) for r in list(self.active) + list(self._inbox))
+
+    @staticmethod
+    def _seconds(s: float) -> float:
+        return float(min(MAX_RETRY_AFTER, max(1, math.ceil(s))))
+
     def retry_after(self) -> float:
-        """Seconds until the queued work would be done at the recent pace (1..60)."""
-        work = sum(int((r.params.steps - r.steps_done).sum()) for r in list(self.active) + list(self._inbox))
+        """Seconds until the queued work would be done at the recent pace (1 when it is not measured yet)."""
         if self.row_steps_per_s <= 0:
             return 1.0
-        return float(min(60, max(1, math.ceil(work / self.row_steps_per_s))))
+        return self._seconds(self._work() / self.row_steps_per_s)
 
     @property
     def queued(self) -> tuple[int, int]:
