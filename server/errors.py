@@ -47,8 +47,13 @@ class ClientDisconnected(Exception):
     pass
 
 
-def error_response(status: int, type: str, message: str, retry_after: float | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
+def error_response(
+    status: int, type: str, message: str, retry_after: float | None = None, close: bool = False
+) -> JSONResponse:
+    """The one error shape. `close`: the connection is closed after it (a body left unread cannot be framed)."""
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {}
+    if close:
+        headers["Connection"] = "close"
     return JSONResponse({"error": {"type": type, "message": message}}, status_code=status, headers=headers)
 
 

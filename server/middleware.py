@@ -1,6 +1,13 @@
 """Pure ASGI middleware (BaseHTTPMiddleware would break the handlers' `receive`-based disconnect detection):
 request ids (X-Request-ID in and out), the body size limit (413), one JSON log line and one outcome count per
-request."""
+request.
+
+The limit holds for the bytes actually received: a body is read (up to the limit) and replayed, whatever
+Content-Length says; a declared length over the limit is refused before any byte is read; a request with both
+Content-Length and Transfer-Encoding is refused outright (RFC 9112 §6.1: they disagree on where the body ends;
+issue 16 found the parser reading a 64 MiB chunked body behind `Content-Length: 5`). Starlette's own body limit
+(FastAPI `max_body_size`) is not used: it sits outside user middleware and answers 413 in plain text.
+"""
 
 from __future__ import annotations
 
@@ -48,10 +55,13 @@ class RequestContext:
             await send(message)
 
         try:
-            limited = await self._limit_body(headers, receive)
-            if limited is None:
+            refusal = self._refuse_framing(headers)
+            limited = await self._limit_body(headers, receive) if refusal is None else None
+            if refusal is None and limited is None:
                 limit = f"the request body exceeds the limit of {self.max_body} bytes"
-                await error_response(413, "payload_too_large", limit)(scope, receive, send_with_id)
+                refusal = error_response(413, "payload_too_large", limit, close=True)
+            if refusal is not None:
+                await refusal(scope, receive, send_with_id)
             else:
                 await self.app(scope, limited, send_with_id)
         finally:
@@ -64,24 +74,31 @@ class RequestContext:
                 log.info("request", extra={"fields": fields})
             request_id.reset(token)
 
-    async def _limit_body(self, headers: dict, receive):
-        """The receive to pass on, or None when the body is over the limit. A declared Content-Length is checked
-        before reading; otherwise the body is read (up to the limit) and replayed."""
+    def _refuse_framing(self, headers: dict):
+        """An error response for a request whose framing headers are refused, else None."""
         declared = headers.get("content-length")
-        if declared is not None:
-            return receive if declared.isdigit() and int(declared) <= self.max_body else None
-        if "transfer-encoding" not in headers:
-            return receive
+        if declared is not None and "transfer-encoding" in headers:
+            message = "a request may not carry both Content-Length and Transfer-Encoding"
+            return error_response(400, "bad_request", message, close=True)
+        if declared is not None and not (declared.isdigit() and int(declared) <= self.max_body):
+            limit = f"the request body exceeds the limit of {self.max_body} bytes"
+            return error_response(413, "payload_too_large", limit, close=True)
+        return None
+
+    async def _limit_body(self, headers: dict, receive):
+        """The receive to pass on, or None when more bytes than the limit arrive: the body is read (up to the limit)
+        and replayed."""
+        if "content-length" not in headers and "transfer-encoding" not in headers:
+            return receive  # no body
         chunks, size = [], 0
         while True:
             message = await receive()
+            chunks.append(message)
             if message["type"] != "http.request":
-                chunks.append(message)
                 break
             size += len(message.get("body", b""))
             if size > self.max_body:
                 return None
-            chunks.append(message)
             if not message.get("more_body", False):
                 break
 

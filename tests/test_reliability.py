@@ -2,12 +2,16 @@
 paths, strict types, idle connections closed, unsolvable puzzles refused, the resolve/cancel race, graceful shutdown
 on a real SIGTERM, and a CPU-sized chaos/load run. Tiny random models built here; nothing read from ../shared/."""
 
+import json
+import socket
 import threading
 import time
 from concurrent.futures import Future
 
+import httpx
 import pytest
 import torch
+import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -48,6 +52,38 @@ def client(ckpt_dir):
     with TestClient(app_for(ckpt_dir)) as c:
         wait_ready(c)
         yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """A real uvicorn server in a thread, configured as engine-serve configures it (server.main.uvicorn_config)."""
+
+    def __init__(self, app, **config):
+        self.app, self.port = app, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_config=None, access_log=False, **config))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                if httpx.get(self.url + "/readyz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("the live server did not become ready")
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
 
 
 def solver(client):
@@ -151,3 +187,63 @@ def test_a_deadline_refusal_is_429_with_retry_after_and_counted(client):
     finally:
         release.set()
         eng.runner.run = run
+
+
+# -- item 2: the body limit on the bytes received ----------------------------------------------------------------------
+
+
+def test_the_body_limit_counts_bytes_received_whatever_content_length_says(ckpt_dir):
+    with TestClient(app_for(ckpt_dir, max_body_bytes=1024)) as c:
+        wait_ready(c)
+        big = json.dumps({"puzzle": PUZZLE, "model": "x" * 2000}).encode()
+        # httpx sends the given Content-Length (5) with no Transfer-Encoding; the app receives all 2 KB
+        r = c.post("/solve", content=iter([big]), headers={"content-type": "application/json", "content-length": "5"})
+        assert r.status_code == 413 and error_of(r) == {
+            "type": "payload_too_large",
+            "message": "the request body exceeds the limit of 1024 bytes",
+        }
+        both = {"content-type": "application/json", "content-length": "5", "transfer-encoding": "chunked"}
+        r = c.post("/solve", content=iter([big]), headers=both)
+        assert r.status_code == 400 and error_of(r)["type"] == "bad_request"
+        assert "Content-Length and Transfer-Encoding" in error_of(r)["message"]
+
+
+def http_raw(port: int, head: bytes, body_chunks=(), timeout=10.0) -> tuple[int, dict, bytes]:
+    """Send a hand-made request (headers the HTTP clients refuse to send) and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head)
+        try:
+            for chunk in body_chunks:
+                s.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the body ended: what a limit should do
+        data = b""
+        while True:
+            try:
+                part = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not part:
+                break
+            data += part
+    head_part, _, rest = data.partition(b"\r\n\r\n")
+    lines = head_part.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, rest
+
+
+def test_conflicting_framing_headers_are_refused_on_a_real_server(ckpt_dir):
+    app = app_for(ckpt_dir, max_body_bytes=1024)
+    with LiveServer(app) as live:
+        head = (
+            b"POST /solve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"x" * 65536
+        chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 64 + [b"0\r\n\r\n"]  # 4 MiB, chunked
+        status, headers, body = http_raw(live.port, head, chunks)
+        assert status == 400 and headers.get("connection") == "close"
+        assert json.loads(body)["error"]["type"] == "bad_request"
+        head = b"POST /solve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        status, _, body = http_raw(live.port, head, chunks)
+        assert status == 413 and json.loads(body)["error"]["type"] == "payload_too_large"
