@@ -29,9 +29,10 @@ log = logging.getLogger("server")
 ERRORS = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
+        (400, "both Content-Length and Transfer-Encoding sent"),
         (404, "unknown model, or no generator loaded"),
         (413, "request body too large"),
-        (422, "invalid request or puzzle (the message names the field, row or cell)"),
+        (422, "invalid request, puzzle or JSON body (the message names the field, row, cell or JSON fault)"),
         (429, "overloaded; retry after the Retry-After header's seconds"),
         (503, "loading or draining"),
         (504, "the deadline passed"),
@@ -111,12 +112,12 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
     async def list_models(models: ModelsDep) -> ModelList:
         return ModelList(data=[card(m) for m in models.all()])
 
-    @app.post("/solve", tags=["solve"], responses={c: ERRORS[c] for c in (404, 413, 422, 429, 503, 504)})
+    @app.post("/solve", tags=["solve"], responses={c: ERRORS[c] for c in (400, 404, 413, 422, 429, 503, 504)})
     async def solve(body: req.Solve, request: Request, models: ModelsDep) -> SolveResponse:  # type: ignore[valid-type]
         """Solve a puzzle by K rollouts on the shared batching engine; one answer is selected and verified."""
         return await cancel_on_disconnect(request, _solve(body, request, models, settings, metrics))
 
-    @app.post("/generate", tags=["generate"], responses={c: ERRORS[c] for c in (404, 413, 422, 429, 503)})
+    @app.post("/generate", tags=["generate"], responses={c: ERRORS[c] for c in (400, 404, 413, 422, 429, 503)})
     async def generate(body: req.Generate, request: Request, models: ModelsDep) -> GenerateResponse:  # type: ignore[valid-type]
         """Sample complete grids from the GRAM generator (only verified-valid ones are returned), or puzzles made from
         them with exactly `clues` givens and a solution proven unique by the exact solver."""

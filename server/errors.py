@@ -2,7 +2,8 @@
 
 | exception | status | type |
 |---|---|---|
-| pydantic validation, PuzzleError, TooLarge, bad task/selector | 422 | invalid_request, invalid_puzzle, too_large |
+| pydantic validation, body not JSON, PuzzleError, no solution, TooLarge | 422 | invalid_request, invalid_puzzle, too_large |
+| Content-Length and Transfer-Encoding both sent | 400 | bad_request |
 | body over the size limit | 413 | payload_too_large |
 | unknown model, no generator loaded, unknown route | 404 | not_found |
 | Overloaded, generator busy | 429 + Retry-After | overloaded |
@@ -14,8 +15,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import sys
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -81,9 +84,24 @@ def to_api_error(exc: BaseException) -> ApiError:
     return ApiError(500, "internal", f"internal error: {type(exc).__name__}")
 
 
+def _parse_fault(cause: BaseException | None) -> str | None:
+    """What FastAPI's bare `400 There was an error parsing the body` was about (its cause), named."""
+    if isinstance(cause, RecursionError):
+        return "body: the JSON is nested deeper than the parser's limit"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"body: invalid UTF-8 at byte {cause.start}"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return f"body: an integer has more than {sys.get_int_max_str_digits()} digits"
+    return None
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for e in exc.errors()[:5]:
+        if e.get("type") == "json_invalid" and isinstance(exc.body, str):  # loc is (body, offset)
+            syntax = json.JSONDecodeError(e.get("ctx", {}).get("error", "invalid"), exc.body, e["loc"][-1])
+            parts.append(f"body: invalid JSON at line {syntax.lineno}, column {syntax.colno}: {syntax.msg}")
+            continue
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
         parts.append(f"{loc}: {e.get('msg', 'invalid')}")
     more = len(exc.errors()) - 5
@@ -97,6 +115,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
+        if exc.status_code == 400 and (fault := _parse_fault(exc.__cause__)):
+            return error_response(422, "invalid_request", fault)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, kind, str(exc.detail))
 

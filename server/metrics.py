@@ -6,7 +6,7 @@ read at scrape time from the engines' own state (scheduler queues, `Engine.stats
 | metric | type | labels |
 |---|---|---|
 | trm_requests_total | counter | endpoint, outcome (ok, invalid, rejected, unavailable, timeout, cancelled, error) |
-| trm_admission_rejections_total | counter | model, reason: queue_full rows_full deadline too_large draining generator_busy |
+| trm_admission_rejections_total | counter | model, reason: queue_full rows_full deadline too_large draining generator_busy
 | trm_requests_waiting / trm_requests_running / trm_rows_waiting / trm_rows_running | gauge | model |
 | trm_request_queue_seconds / _compute_seconds / _e2e_seconds | histogram | model (engine timestamps) |
 | trm_rollouts_total, trm_supervision_steps_total, trm_padded_supervision_steps_total | counter | model |

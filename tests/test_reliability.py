@@ -244,6 +244,29 @@ def test_conflicting_framing_headers_are_refused_on_a_real_server(ckpt_dir):
         status, headers, body = http_raw(live.port, head, chunks)
         assert status == 400 and headers.get("connection") == "close"
         assert json.loads(body)["error"]["type"] == "bad_request"
-        head = b"POST /solve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        head = head.replace(b"Content-Length: 5\r\n", b"")
         status, _, body = http_raw(live.port, head, chunks)
         assert status == 413 and json.loads(body)["error"]["type"] == "payload_too_large"
+
+
+# -- item 6: parse errors named, in the one shape ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"[" * 5000 + b"]" * 5000, "body: the JSON is nested deeper than the parser's limit"),
+        (b'{"puzzle": "\xff\xfe"}', "body: invalid UTF-8 at byte 12"),
+        (b'{"puzzle": "x", "timeout_s": ' + b"9" * 5000 + b"}", "body: an integer has more than 4300 digits"),
+        (b'{"puzzle": "x",\n  "search": {rollouts: 2}}', "body: invalid JSON at line 2, column 14: Expecting property"),
+    ],
+)
+def test_parse_errors_are_422_naming_the_fault(client, body, message):
+    r = client.post("/solve", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and error_of(r)["type"] == "invalid_request"
+    assert error_of(r)["message"].startswith(message), error_of(r)["message"]
+
+
+def test_every_status_the_service_returns_is_documented(client):
+    spec = client.get("/openapi.json").json()["paths"]
+    assert {"400", "404", "413", "422", "429", "503", "504"} <= set(spec["/solve"]["post"]["responses"])
