@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from engine.runtime import EngineStopped, Overloaded, TooLarge
+from engine.tasks.solvable import no_solution
 from server import generation
 from server.errors import ApiError, ClientDisconnected, install
 from server.metrics import CONTENT_TYPE, Metrics
@@ -186,6 +187,8 @@ async def _solve(body, request: Request, models: Models, settings: Settings, met
     if body.task is not None and body.task != task.name:
         raise ApiError(422, "invalid_request", f"model {solver.name!r} solves {task.name}, not {body.task!r}")
     tokens = task.encode(body.puzzle)
+    if why := no_solution(task, tokens):  # proven before any model work (an exact search takes < 1 ms)
+        raise ApiError(422, "invalid_puzzle", f"puzzle: the puzzle has no solution: {why}")
     given = body.search.model_dump(exclude_none=True) if body.search else {}
     timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
     try:

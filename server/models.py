@@ -8,12 +8,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.runtime import AsyncEngine, Engine, Limits, Runner
 from engine.search import SearchParams, default_params
 from engine.tasks import Task, get_task
+from engine.tasks.solvable import no_solution
+from engine.tasks.sudoku import BLANK
 from server.settings import Settings
 
 log = logging.getLogger("server.models")
@@ -118,6 +121,8 @@ def build_solver(name: str, ckpt: Checkpoint, s: Settings) -> Solver:
         rows_per_request=s.rows_per_request,
     )
     task = get_task(ckpt.task)
+    if task.name == "sudoku":  # the exact solver's first call may compile it: here, not on the first request
+        no_solution(task, np.full(task.seq_len, BLANK, np.int64))
     engine = Engine(runner, task, limits)
     defaults = default_params(ckpt.task, ckpt.arch, ckpt.config.halt_max_steps, ckpt.meta.get("search"))
     defaults = defaults.replace(rollouts=min(defaults.rollouts, s.max_rollouts), steps=min(defaults.steps, s.max_steps))

@@ -20,6 +20,7 @@ from engine.models import TRM, preset
 from engine.runtime import Engine, Limits, Overloaded, Request, Runner, Scheduler
 from engine.search import SearchParams
 from engine.tasks import get_task
+from engine.tasks.solvable import no_solution
 from server.app import create_app
 from server.settings import Settings
 
@@ -270,3 +271,37 @@ def test_parse_errors_are_422_naming_the_fault(client, body, message):
 def test_every_status_the_service_returns_is_documented(client):
     spec = client.get("/openapi.json").json()["paths"]
     assert {"400", "404", "413", "422", "429", "503", "504"} <= set(spec["/solve"]["post"]["responses"])
+
+
+# -- item 5: unsolvable puzzles proven at admission --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "puzzle, why",
+    [
+        ("12345678." + "........9" + "." * 63, "row 1, column 9 has no candidate digit"),
+        # every cell has a candidate, yet row 1's last two cells both need the 9
+        ("1234567.." + "." * 18 + ".......8." + "." * 18 + "........8" + "." * 18, "no digits fill the blanks"),
+    ],
+)
+def test_an_unsolvable_puzzle_is_422_naming_why(client, puzzle, why):
+    r = client.post("/solve", json={"puzzle": puzzle})
+    assert r.status_code == 422 and error_of(r)["type"] == "invalid_puzzle"
+    assert error_of(r)["message"].startswith(f"puzzle: the puzzle has no solution: {why}")
+    assert not solver(client).engine.stats.row_steps  # refused before any model work
+
+
+def test_puzzles_with_many_solutions_stay_valid_input(client):
+    assert client.post("/solve", json={"puzzle": "." * 81, "search": {"rollouts": 1, "steps": 1}}).status_code == 200
+
+
+def test_the_other_exact_solvers_prove_no_solution():
+    queens = get_task("nqueens")
+    assert no_solution(queens, queens.encode("." * 64)) is None
+    assert "no placement" in no_solution(queens, queens.encode("Q" + "." * 16 + "Q" + "." * 46))  # (1,1), (3,2)
+    maze = get_task("maze")
+    rows = ["#" * 30] + ["#" + " " * 28 + "#"] * 28 + ["#" * 30]
+    rows[5], rows[25] = "#S" + " " * 27 + "#", "#" + " " * 27 + "G#"
+    assert no_solution(maze, maze.encode("".join(rows))) is None
+    rows[15] = "#" * 30  # a wall across
+    assert no_solution(maze, maze.encode("".join(rows))) == "no path leads from the start to the goal"
