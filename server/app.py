@@ -22,7 +22,7 @@ from server import generation
 from server.errors import ApiError, ClientDisconnected, install
 from server.metrics import CONTENT_TYPE, Metrics
 from server.middleware import RequestContext
-from server.models import Models, card, load_models
+from server.models import Models, card, load_models, scrub_paths
 from server.schemas import ErrorResponse, GenerateResponse, ModelList, SolveResponse, build_requests
 from server.settings import Settings
 
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
 
     @app.get("/v1/models", tags=["models"], responses={503: ERRORS[503]})
     async def list_models(models: ModelsDep) -> ModelList:
-        return ModelList(data=[card(m) for m in models.all()])
+        return ModelList(data=[card(m, settings.checkpoint_root) for m in models.all()])
 
     @app.post("/solve", tags=["solve"], responses={c: ERRORS[c] for c in (400, 404, 413, 422, 429, 503, 504)})
     async def solve(body: req.Solve, request: Request, models: ModelsDep) -> SolveResponse:  # type: ignore[valid-type]
@@ -142,7 +142,7 @@ async def _load(app: FastAPI, loader) -> None:
         if not models.solvers and not models.generators:
             raise RuntimeError("no checkpoint loaded")
     except Exception as e:
-        state.phase, state.load_error = "failed", f"{type(e).__name__}: {e}"
+        state.phase, state.load_error = "failed", scrub_paths(f"{type(e).__name__}: {e}", state.settings)
         log.exception("checkpoint loading failed")
         return
     state.models = models

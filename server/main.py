@@ -12,6 +12,7 @@ import uvicorn
 
 from server.app import create_app
 from server.logs import setup_logging
+from server.protocol import IdleTimeoutH11Protocol
 from server.settings import Settings
 
 FLAGS = {  # flag -> (settings field, type, help)
@@ -30,6 +31,7 @@ FLAGS = {  # flag -> (settings field, type, help)
     "--default-timeout": ("default_timeout_s", float, "deadline of requests that name none"),
     "--max-body-bytes": ("max_body_bytes", int, "request body limit (413 beyond)"),
     "--drain-timeout": ("drain_timeout_s", float, "seconds to finish admitted work on shutdown"),
+    "--idle-timeout": ("idle_timeout_s", float, "seconds a connection may stay open without a request"),
     "--watchdog": ("watchdog_s", float, "readiness fails when an engine makes no step this long with work"),
     "--threads": ("threads", int, "torch CPU threads (default: torch's; 1 on a machine shared with other jobs)"),
     "--log-level": ("log_level", str, "debug, info, warning"),
@@ -60,13 +62,18 @@ def main(argv: list[str] | None = None) -> None:
     for path, required in settings.checkpoint_paths():
         if required and not (path / "config.json").is_file():
             raise SystemExit(f"engine-serve: {path} is not a checkpoint directory (no config.json)")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, **uvicorn_options(settings))
+    uvicorn.Server(config).run()
+
+
+def uvicorn_options(settings: Settings) -> dict:
+    """uvicorn.Config options beyond the app and the address (tests build their live servers with them too)."""
+    return dict(
         workers=1,
         log_config=None,
         access_log=False,
+        http=IdleTimeoutH11Protocol,
+        timeout_keep_alive=settings.idle_timeout_s,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
     )
 

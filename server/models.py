@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -138,14 +139,32 @@ def _unique(name: str, models: Models) -> str:
     return name
 
 
-def card(m: Solver | Generator) -> dict:
+def shown_path(path: Path, root: Path) -> str:
+    """A checkpoint path as responses show it: relative to the checkpoint root, else its directory name; never the
+    host's absolute path (issue 16)."""
+    path, root = Path(path).resolve(), Path(root).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+
+
+ABSOLUTE = re.compile(r"(?<![\w.])/(?:[^\s'\"/]+/)*([^\s'\"/]+)")
+
+
+def scrub_paths(text: str, settings: Settings) -> str:
+    """`text` with the checkpoint paths shown as `shown_path` does, and any other absolute path cut to its last name."""
+    for path, _ in settings.checkpoint_paths():
+        for form in {str(path.resolve()), str(path)}:
+            text = text.replace(form, shown_path(path, settings.checkpoint_root))
+    return ABSOLUTE.sub(r"\1", text)
+
+
+def card(m: Solver | Generator, root: Path) -> dict:
     ckpt = m.ckpt
     info = {
         "id": m.name,
         "role": "solver" if isinstance(m, Solver) else "generator",
         "task": ckpt.task,
         "arch": ckpt.arch,
-        "path": str(ckpt.path),
+        "path": shown_path(ckpt.path, root),
         "device": str(next(ckpt.model.parameters()).device),
         "dtype": ckpt.config.forward_dtype,
         "parameters": sum(p.numel() for p in ckpt.model.parameters()),

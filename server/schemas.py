@@ -22,7 +22,8 @@ SUDOKU_EXAMPLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no "4" -> 4 or true -> 1 coercion at the HTTP boundary (an int still passes as a float)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     max_generate_waiting: int = Field(4, ge=0)  # requests waiting for the generator beyond the running one
 
     drain_timeout_s: float = Field(30.0, ge=0)
+    idle_timeout_s: float = Field(5.0, gt=0)  # a connection with no request (or headers still coming) is closed
     watchdog_s: float = Field(120.0, gt=0)  # /readyz turns 503 when an engine makes no step this long with work
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: torch's default (one per core)
     log_level: str = "info"

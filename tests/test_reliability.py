@@ -22,6 +22,7 @@ from engine.search import SearchParams
 from engine.tasks import get_task
 from engine.tasks.solvable import no_solution
 from server.app import create_app
+from server.main import uvicorn_options
 from server.settings import Settings
 
 SUDOKU = get_task("sudoku")
@@ -67,7 +68,8 @@ class LiveServer:
     def __init__(self, app, **config):
         self.app, self.port = app, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_config=None, access_log=False, **config))
+        config = {"log_config": None, "access_log": False, **config}
+        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, **config))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -305,3 +307,60 @@ def test_the_other_exact_solvers_prove_no_solution():
     assert no_solution(maze, maze.encode("".join(rows))) is None
     rows[15] = "#" * 30  # a wall across
     assert no_solution(maze, maze.encode("".join(rows))) == "no path leads from the start to the goal"
+
+
+# -- item 7: no host paths, strict types, idle connections closed ------------------------------------------------------
+
+
+def test_responses_show_no_absolute_host_path(ckpt_dir, tmp_path):
+    with TestClient(create_app(Settings(checkpoint_root=ckpt_dir.parent, checkpoints=["tiny"], **SMALL))) as c:
+        wait_ready(c)
+        (m,) = c.get("/v1/models").json()["data"]
+        assert m["path"] == "tiny"
+    with TestClient(app_for(ckpt_dir)) as c:  # named by an absolute path outside the root: its directory name
+        wait_ready(c)
+        assert c.get("/v1/models").json()["data"][0]["path"] == "tiny"
+    missing = tmp_path / "deep" / "missing"
+    with TestClient(app_for(missing)) as c:
+        for _ in range(200):
+            if "failed" in c.get("/readyz").text:
+                break
+            time.sleep(0.02)
+        for r in (c.get("/readyz"), c.post("/solve", json={"puzzle": PUZZLE})):
+            message = error_of(r)["message"]
+            assert r.status_code == 503 and "missing" in message and "config.json is missing" in message
+            assert str(tmp_path) not in message and "/deep/" not in message, message
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"puzzle": PUZZLE, "search": {"rollouts": "4"}}, "search.rollouts"),
+        ({"puzzle": PUZZLE, "search": {"steps": True}}, "search.steps"),
+        ({"puzzle": PUZZLE, "search": {"noise": "0.5"}}, "search.noise"),
+        ({"puzzle": PUZZLE, "timeout_s": "5"}, "timeout_s"),
+    ],
+)
+def test_no_string_or_bool_coercion_at_the_http_boundary(client, body, field):
+    r = client.post("/solve", json=body)
+    assert r.status_code == 422 and error_of(r)["message"].startswith(field), r.json()
+
+
+def test_ints_still_pass_as_floats(client):
+    body = {"puzzle": PUZZLE, "search": {"rollouts": 1, "steps": 1, "noise": 1}, "timeout_s": 30}
+    assert client.post("/solve", json=body).status_code == 200
+
+
+def test_a_connection_that_never_sends_a_byte_is_closed(ckpt_dir):
+    with LiveServer(app_for(ckpt_dir), **uvicorn_options(Settings(idle_timeout_s=1))) as live:
+        with socket.create_connection(("127.0.0.1", live.port), timeout=10) as s:
+            start = time.monotonic()
+            assert s.recv(1) == b""  # closed by the server (a timeout here raises instead)
+            assert time.monotonic() - start < 5
+        with socket.create_connection(("127.0.0.1", live.port), timeout=10) as s:  # slow headers: same deadline
+            start = time.monotonic()
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            time.sleep(0.6)
+            s.sendall(b"Host: x\r\n")
+            assert s.recv(1) == b"" and time.monotonic() - start < 5
+        assert httpx.get(live.url + "/healthz").status_code == 200  # a real request is unaffected
