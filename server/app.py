@@ -25,6 +25,7 @@ from server.middleware import RequestContext
 from server.models import Models, card, load_models, scrub_paths
 from server.schemas import ErrorResponse, GenerateResponse, ModelList, SolveResponse, build_requests
 from server.settings import Settings
+from server.shutdown import Drain, drain
 
 log = logging.getLogger("server")
 ERRORS = {
@@ -53,8 +54,7 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
         try:
             yield
         finally:
-            state.phase = "draining"
-            metrics.ready.set(0)
+            await drain(app, settings.drain_timeout_s)  # at once when a SIGTERM already drained it (shutdown.py)
             with suppress(Exception):
                 await loading
             if state.models is not None:
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
     )
     app.state.settings, app.state.metrics = settings, metrics
     app.state.phase, app.state.models, app.state.load_error = "loading", None, None
+    app.state.drain = Drain()
     install(app)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
@@ -130,9 +131,11 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
 def _phase_message(state) -> str:
     if state.phase == "failed":
         return f"checkpoint loading failed: {state.load_error}"
-    return {"loading": "the service is loading its checkpoints", "draining": "the service is shutting down"}.get(
-        state.phase, state.phase
-    )
+    messages = {
+        "loading": "the service is loading its checkpoints",
+        "draining": "the service is draining (shutting down)",
+    }
+    return messages.get(state.phase, state.phase)
 
 
 async def _load(app: FastAPI, loader) -> None:
@@ -154,20 +157,29 @@ async def _load(app: FastAPI, loader) -> None:
 
 
 async def cancel_on_disconnect(request: Request, work):
-    """Run the handler's coroutine, cancelling it when the client disconnects (vLLM's `with_cancellation`). Safe here
-    because the body has already been read."""
+    """Run the handler's coroutine, cancelling it when the client disconnects (vLLM's `with_cancellation`), or when a
+    shutdown's drain timeout cuts it off (then it answers 503). Safe here because the body has already been read."""
+    drain_state: Drain = request.app.state.drain
     handler = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
+    cutoff = asyncio.ensure_future(drain_state.cutoff.wait())
+    drain_state.inflight.add(handler)
     try:
-        done, _ = await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({handler, watcher, cutoff}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
+        cutoff.cancel()
         if not handler.done():
             handler.cancel()
             with suppress(asyncio.CancelledError, Exception):
                 await handler
+        drain_state.inflight.discard(handler)
     if handler in done:
         return handler.result()
+    if cutoff in done:
+        timeout = request.app.state.settings.drain_timeout_s
+        message = f"the service shut down before the request finished (drain timeout {timeout:g} s)"
+        raise ApiError(503, "unavailable", message, retry_after=5)
     log.info("client disconnected; request cancelled")
     raise ClientDisconnected()
 

@@ -14,6 +14,7 @@ from server.app import create_app
 from server.logs import setup_logging
 from server.protocol import IdleTimeoutH11Protocol
 from server.settings import Settings
+from server.shutdown import DrainingServer
 
 FLAGS = {  # flag -> (settings field, type, help)
     "--host": ("host", str, "bind address (TRM_HOST; default 127.0.0.1, use 0.0.0.0 in a container)"),
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     for path, required in settings.checkpoint_paths():
         if required and not (path / "config.json").is_file():
             raise SystemExit(f"engine-serve: {path} is not a checkpoint directory (no config.json)")
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, **uvicorn_options(settings))
-    uvicorn.Server(config).run()
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, **uvicorn_options(settings))
+    DrainingServer(config, app, settings.drain_timeout_s).run()
 
 
 def uvicorn_options(settings: Settings) -> dict:

@@ -2,13 +2,21 @@
 paths, strict types, idle connections closed, unsolvable puzzles refused, the resolve/cancel race, graceful shutdown
 on a real SIGTERM, and a CPU-sized chaos/load run. Tiny random models built here; nothing read from ../shared/."""
 
+import asyncio
+import contextlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 import uvicorn
@@ -25,6 +33,7 @@ from server.app import create_app
 from server.main import uvicorn_options
 from server.settings import Settings
 
+ROOT = Path(__file__).resolve().parent.parent
 SUDOKU = get_task("sudoku")
 PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 SMALL = dict(max_rollouts=4, max_steps=4, max_batch=8, max_generate_count=4, max_generate_samples=64, generate_batch=16)
@@ -364,3 +373,112 @@ def test_a_connection_that_never_sends_a_byte_is_closed(ckpt_dir):
             s.sendall(b"Host: x\r\n")
             assert s.recv(1) == b"" and time.monotonic() - start < 5
         assert httpx.get(live.url + "/healthz").status_code == 200  # a real request is unaffected
+
+
+# -- item 8: chaos and load (loopback, CPU-sized) ----------------------------------------------------------------------
+
+
+def burst(url: str, bodies: list[dict], timeout: float = 60.0) -> list:
+    """POST every body to /solve at once; each outcome is a response or the transport error raised."""
+
+    async def run():
+        limits = httpx.Limits(max_connections=len(bodies))
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as c:
+            return await asyncio.gather(*(c.post("/solve", json=b) for b in bodies), return_exceptions=True)
+
+    return asyncio.run(run())
+
+
+def check_answers(bodies: list[dict], outcomes: list, allowed=(200, 429)) -> dict[int, int]:
+    """Every outcome a response in `allowed`, in the one error shape, 429s with a Retry-After, 200s verified by the
+    rules (a random model is rarely right: `verified` must say what the verifier says, and a fault when false)."""
+    counts: dict[int, int] = {}
+    for body, r in zip(bodies, outcomes):
+        assert isinstance(r, httpx.Response), f"transport error: {r!r}"
+        assert r.status_code in allowed, (r.status_code, r.text)
+        counts[r.status_code] = counts.get(r.status_code, 0) + 1
+        if r.status_code == 200:
+            answer = r.json()
+            tokens = np.asarray(answer["grid"]).reshape(-1) + 1  # digit d -> token d + 1 (the codec's encoding)
+            fault = SUDOKU.check(SUDOKU.encode(body["puzzle"]), tokens)
+            assert answer["verified"] is (fault is None) and (answer["fault"] is None) is (fault is None)
+        else:
+            error_of(r)
+            if r.status_code in (429, 503):
+                assert int(r.headers["retry-after"]) >= 1
+    return counts
+
+
+def test_a_burst_far_beyond_capacity_gives_only_200s_and_429s(ckpt_dir):
+    app = app_for(ckpt_dir, max_steps=64, max_queued_requests=32)
+    with LiveServer(app, **uvicorn_options(Settings())) as live:
+        warm = {"puzzle": PUZZLE, "search": {"rollouts": 4, "steps": 8}}
+        assert httpx.post(live.url + "/solve", json=warm).status_code == 200  # the pace is measured
+        eng = next(iter(app.state.models.solvers.values())).engine
+        search = [{"rollouts": 4, "steps": 32, "seed": i} for i in range(80)]
+        bodies = [{"puzzle": PUZZLE, "search": s, "timeout_s": 4} for s in search]
+        start = time.monotonic()
+        outcomes = burst(live.url, bodies)
+        took = time.monotonic() - start
+        counts = check_answers(bodies, outcomes)
+        assert counts.get(200, 0) >= 1 and counts.get(429, 0) >= 1, counts
+        refused = [r.elapsed.total_seconds() for r in outcomes if r.status_code == 429]
+        assert max(refused) < 1.0, refused  # refused fast, not after waiting for a deadline
+        print(f"burst of {len(bodies)}: {counts} in {took:.1f} s, pace {eng.scheduler.row_steps_per_s:.0f} row-steps/s")
+        text = httpx.get(live.url + "/metrics").text
+        assert metric(text, "trm_admission_rejections_total", model="tiny", reason="deadline") >= 1
+        assert not eng.busy
+
+
+def test_sigterm_mid_burst_drains_and_loses_no_admitted_request(ckpt_dir, tmp_path):
+    """engine-serve in a real process: SIGTERM while requests run. /readyz says "draining" at once and stays
+    reachable, new work gets 503 + Retry-After, what can finish in the drain window answers 200, what cannot gets a
+    JSON 503; then the process exits. Nothing ends in a transport error, a 5xx other than 503, or plain text."""
+    port, drain_s = free_port(), 6
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "serve.log", "w")
+    cmd = [sys.executable, "-m", "server.main", "--checkpoint", str(ckpt_dir), "--port", str(port)]
+    cmd += ["--drain-timeout", str(drain_s), "--max-steps", "100000", "--max-batch", "8", "--threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=log)
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            time.sleep(0.2)
+        start = time.monotonic()
+        assert httpx.post(url + "/solve", json={"puzzle": PUZZLE, "search": {"rollouts": 1, "steps": 100}}).is_success
+        per_step = (time.monotonic() - start) / 100  # one row's step, HTTP included: an upper bound per step
+
+        def solve(seconds: float, timeout_s: float = 300, **search) -> dict:
+            steps = max(1, int(seconds / per_step))
+            return {"puzzle": PUZZLE, "search": {"rollouts": 1, "steps": steps, **search}, "timeout_s": timeout_s}
+
+        # one that ends inside the drain window, two that cannot, and a crowd of mid-sized ones (some refused)
+        bodies = [solve(1.5), solve(60), solve(60)] + [solve(0.5 + i % 4, 8, seed=i) for i in range(20)]
+        outcomes: list = []
+        sender = threading.Thread(target=lambda: outcomes.extend(burst(url, bodies, timeout=120)))
+        sender.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        ready = httpx.get(url + "/readyz")
+        assert ready.status_code == 503 and "draining" in error_of(ready)["message"]
+        assert time.monotonic() - signalled < 2
+        late = httpx.post(url + "/solve", json={"puzzle": PUZZLE})
+        assert late.status_code == 503 and error_of(late)["type"] == "unavailable" and late.headers["retry-after"]
+        sender.join(120)
+        proc.wait(drain_s + 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    counts = check_answers(bodies, outcomes, allowed=(200, 429, 503))
+    assert outcomes[0].status_code == 200, outcomes[0].text  # in flight at the signal, done within the drain
+    for cut in outcomes[1:3]:
+        assert cut.status_code == 503 and "shut down before the request finished" in error_of(cut)["message"]
+    assert "Traceback" not in text and "CancelledError" not in text, text
+    print(f"SIGTERM mid-burst: {counts}")
