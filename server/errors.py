@@ -6,8 +6,8 @@
 | Content-Length and Transfer-Encoding both sent | 400 | bad_request |
 | body over the size limit | 413 | payload_too_large |
 | unknown model, no generator loaded, unknown route | 404 | not_found |
-| Overloaded, generator busy | 429 + Retry-After | overloaded |
-| loading, draining (EngineStopped) | 503 + Retry-After | unavailable |
+| Overloaded (caps, or the deadline cannot be met), generator busy | 429 + Retry-After | overloaded |
+| loading, draining (EngineStopped), cut off by the drain timeout | 503 + Retry-After | unavailable |
 | DeadlineExceeded | 504 | deadline_exceeded |
 | client went away | 499 (nobody reads it) | cancelled |
 | anything else | 500 | internal |
