@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
+from schemathesis.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 import torch
 import uvicorn
 from fastapi.testclient import TestClient
@@ -41,6 +42,7 @@ from server.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 SUDOKU = get_task("sudoku")
 PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
 SMALL = dict(max_rollouts=4, max_steps=4, max_batch=8, max_generate_count=4, max_generate_samples=64, generate_batch=16)
 
 
@@ -674,6 +676,8 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(ckpt_dir, gen_dir, tmp
                 asked_deadline = isinstance(case.body, dict) and case.body.get("timeout_s") is not None
                 ok = response.status_code < 500 or (response.status_code == 504 and asked_deadline)
                 assert ok, (response.status_code, response.text, case.as_curl_command())
+                # every answer documented: its status code, content type and body schema (issue 16's target)
+                case.validate_response(response, checks=CONFORMANCE)
 
             no_server_error()
         assert 200 in seen and 422 in seen
