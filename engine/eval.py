@@ -24,6 +24,7 @@ from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.machine import describe
 from engine.runtime import Engine, Limits, Request, Runner, SearchResult
 from engine.search import SELECTORS, Rows, SearchParams, default_params, select
+from engine.search.params import BACKTRACK, DIVERSITY, ORDERS, POLICIES, STRATEGIES
 from engine.tasks import PuzzleError, Task, get_task
 
 
@@ -230,6 +231,17 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--selector", choices=SELECTORS)
     s.add_argument("--seed", type=int)
     s.add_argument("--early-exit", choices=["off", "verified", "confident"])
+    s.add_argument("--strategy", choices=STRATEGIES, help="rollouts (PTRM) or commit (commit, branch, backtrack)")
+    s.add_argument("--diversity", choices=DIVERSITY, help="what makes rows differ: noise, augment, both, none")
+    c = p.add_argument_group("commit search (--strategy commit)")
+    c.add_argument("--max-nodes", type=int, help="nodes expanded per puzzle at most")
+    c.add_argument("--max-row-steps", type=int, help="row-steps per puzzle at most")
+    c.add_argument("--threshold", type=float, help="commit open cells whose masked probability reaches this")
+    c.add_argument("--width", type=int, help="values tried per branch (default: every legal value)")
+    c.add_argument("--order", choices=ORDERS, help="most certain cell by margin (top1 - top2) or by max probability")
+    c.add_argument("--no-mask", dest="mask", action="store_false", default=None, help="no legal-value mask")
+    c.add_argument("--backtrack", choices=BACKTRACK)
+    c.add_argument("--policy", choices=POLICIES, help="uniform: the network replaced by legal values at random")
     s.add_argument(
         "--likelihood",
         action="store_true",
@@ -266,13 +278,24 @@ def main(argv: list[str] | None = None) -> None:
         selector=args.selector,
         seed=args.seed,
         early_exit=args.early_exit,
+        strategy=args.strategy,
+        diversity=args.diversity,
+        max_nodes=args.max_nodes,
+        max_row_steps=args.max_row_steps,
+        threshold=args.threshold,
+        width=args.width,
+        order=args.order,
+        mask=args.mask,
+        backtrack=args.backtrack,
+        policy=args.policy,
     )
     try:
         params = defaults.replace(rollouts=rollouts, **{k: v for k, v in flags.items() if v is not None})
     except ValueError as e:
         raise SystemExit(f"engine-eval: {e}") from None
-    if args.sweep and params.early_exit != "off":
-        raise SystemExit("engine-eval: --sweep needs --early-exit off (every row must run all D steps)")
+    picked_by_engine = params.early_exit != "off" or params.strategy == "commit"
+    if args.sweep and picked_by_engine:
+        raise SystemExit("engine-eval: --sweep needs rollouts with --early-exit off (every row must run all D steps)")
     read = lambda path: read_lines(path, args.offset, args.limit, task.comment_prefix)  # noqa: E731
     puzzles = encode_all(task, read(args.puzzles), args.puzzles)
     solutions = None
@@ -285,24 +308,33 @@ def main(argv: list[str] | None = None) -> None:
     engine = Engine(runner, task, Limits(args.batch_size, len(puzzles), len(puzzles) * params.rollouts))
     start = time.perf_counter()
     # The engine selects by q here; `score` then applies every selector to the same rows (likelihood only once).
-    engine_params = params.replace(selector="q") if params.early_exit == "off" else params
+    engine_params = params if picked_by_engine else params.replace(selector="q")
     results = search_all(engine, puzzles, engine_params, tuple(ladder(params.steps)) if args.sweep else ())
     wall = time.perf_counter() - start
     likelihoods = None
     if ckpt.arch == "gram" and (args.likelihood or params.selector == "likelihood"):
         likelihoods = [lambda c, p=p: runner.likelihood(p, 0, c, params.seed, params.steps) for p in puzzles]
     rows = [r.rows for r in results]
-    if params.early_exit == "off":
+    if not picked_by_engine:
         result = score(task, puzzles, rows, solutions, params.selector, likelihoods)
-    else:  # early-exit answers were chosen by the engine; rows of an early exit differ in number
+    else:  # answers chosen by the engine (early exit, commit search); their rows differ in number
         chosen = np.stack([r.answer for r in results])
         result = {"n": len(puzzles), "exact_accuracy": float(correct(task, puzzles, chosen, solutions).mean())}
+        if task.has_rule_verifier:
+            result["verified"] = float(task.verify_batch(puzzles, chosen).mean())
     row_steps = sum(r.row_steps for r in results)
-    result.update(
-        row_steps=row_steps,
-        row_steps_saved=round(1 - row_steps / (len(puzzles) * params.rollouts * params.steps), 4),
-        early_exits=sum(r.finish == "early_exit" for r in results),
-    )
+    result.update(row_steps=row_steps, row_steps_per_puzzle=round(row_steps / len(puzzles), 1))
+    if params.strategy == "commit":
+        result.update(
+            nodes=round(float(np.mean([r.nodes for r in results])), 2),
+            backtracks=round(float(np.mean([r.backtracks for r in results])), 2),
+            finish={f: sum(r.finish == f for r in results) for f in sorted({r.finish for r in results})},
+        )
+    else:
+        result.update(
+            row_steps_saved=round(1 - row_steps / (len(puzzles) * params.rollouts * params.steps), 4),
+            early_exits=sum(r.finish == "early_exit" for r in results),
+        )
     if args.counts or args.coverage:
         counts = np.array(read(args.counts), dtype=np.int64) if args.counts else count_solutions(task, puzzles)
         result.update(coverage(task, puzzles, rows, counts))
@@ -318,6 +350,22 @@ def main(argv: list[str] | None = None) -> None:
         selector=params.selector,
         seed=params.seed,
         early_exit=params.early_exit,
+        strategy=params.strategy,
+        diversity=params.diversity,
+        **(
+            dict(
+                max_nodes=params.max_nodes,
+                max_row_steps=params.max_row_steps,
+                threshold=params.threshold,
+                width=params.width,
+                order=params.order,
+                mask=params.mask,
+                backtrack=params.backtrack,
+                policy=params.policy,
+            )
+            if params.strategy == "commit"
+            else {}
+        ),
         device=args.device,
         dtype=ckpt.config.forward_dtype,
         runner=runner.mode,
@@ -365,7 +413,7 @@ def _print(result: dict) -> None:
     width = max(map(len, result))
     for key, value in result.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k} {v:.4f}" for k, v in value.items())
+            value = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
 
 

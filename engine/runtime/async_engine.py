@@ -11,7 +11,7 @@ import asyncio
 import numpy as np
 
 from engine.runtime.engine import Engine
-from engine.runtime.request import Request, SearchResult
+from engine.runtime.request import InvalidRequest, Request, SearchResult
 from engine.search import SearchParams
 
 
@@ -23,7 +23,10 @@ class AsyncEngine:
     async def search(
         self, puzzle: np.ndarray, params: SearchParams, puzzle_id: int = 0, request_id: str | None = None
     ) -> SearchResult:
-        req = Request(self.engine.task, puzzle, params, puzzle_id)
+        try:
+            req = Request(self.engine.task, puzzle, params, puzzle_id)
+        except ValueError as e:  # e.g. commit search or augment on a task that cannot take them
+            raise InvalidRequest(str(e)) from None
         if request_id:
             req.id = request_id
         self.engine.submit(req)

@@ -33,7 +33,8 @@ from engine.runtime.request import (
 )
 from engine.runtime.runner import Batch, Runner, StepResult
 from engine.runtime.scheduler import Limits, Scheduler
-from engine.search import select, selection_of
+from engine.search import Rows, Selection, select, selection_of
+from engine.search.commit import Final
 from engine.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,11 @@ class Engine:
     def step(self) -> bool:
         """One iteration; False when there was nothing to run."""
         sched = self.scheduler
-        sched.take_inbox()
+        for req in sched.take_inbox():
+            if req.search is not None and req.params.policy == "uniform" and req.final is None:
+                req.final = req.search.uniform()  # the baseline runs no rows
+            if req.final is not None:
+                self._finish(req, req.final)
         now = time.monotonic()
         for req in list(sched.active):
             if req.cancelled or req.future.cancelled():
@@ -165,17 +170,18 @@ class Engine:
         return True
 
     def _batch(self, plan: list[tuple[Request, np.ndarray]]) -> Batch:
-        parts = []
+        parts, want_probs = [], False
         for req, rows in plan:
             if req.started is None:
                 req.started = time.monotonic()
             p = req.params
             n = len(rows)
+            want_probs |= req.search is not None and bool((req.steps_done[rows] == p.steps - 1).any())
             parts.append(
                 (
                     req.slot[rows],
                     req.steps_done[rows] == 0,
-                    np.broadcast_to(req.puzzle, (n, len(req.puzzle))),
+                    req.inputs[rows],
                     np.full(n, req.puzzle_id),
                     req.seeds[rows],
                     req.steps_done[rows],
@@ -184,7 +190,7 @@ class Engine:
                 )
             )
         self.stats.rows_started += int(sum(f.sum() for _, f, *_ in parts))
-        return Batch(*(np.concatenate(cols) for cols in zip(*parts)))
+        return Batch(*(np.concatenate(cols) for cols in zip(*parts)), want_probs=want_probs)
 
     def _account(self, rows: int, elapsed: float) -> None:
         s = self.stats
@@ -205,8 +211,14 @@ class Engine:
         for req, rows in plan:
             j = i + len(rows)
             req.steps_done[rows] += 1
-            req.answers[rows] = out.answers[i:j]
+            req.row_steps += len(rows)
+            last = req.steps_done[rows] >= req.params.steps
+            req.answers[rows] = req.unmap(rows, out.answers[i:j])[0]
             req.q[rows] = out.q[i:j]
+            if req.search is not None and last.any():
+                probs = req.unmap(rows[last], out.answers[i:j][last], out.probs[i:j][last])[1]
+                req.probs = req.probs if req.probs is not None else np.zeros((req.rows, *probs.shape[1:]), np.float32)
+                req.probs[rows[last]] = probs
             if out.value is not None:
                 req.value = req.value if req.value is not None else np.zeros(req.rows, np.float32)
                 req.value[rows] = out.value[i:j]
@@ -221,11 +233,14 @@ class Engine:
             if self._early_exit(req, rows):
                 continue
             if (req.steps_done >= req.params.steps).all():
-                self._resolve(req, "completed")
+                if req.search is None:
+                    self._resolve(req, "completed")
+                else:
+                    self._advance(req)
 
     def _early_exit(self, req: Request, rows: np.ndarray) -> bool:
         """Resolve `req` now if one of the rows just run gives an answer good enough to stop (beyond the papers)."""
-        policy = req.params.early_exit
+        policy = "verified" if req.search is not None else req.params.early_exit  # commit search stops when solved
         if policy == "off":
             return False
         if policy == "verified" and self.task.has_rule_verifier:
@@ -234,8 +249,50 @@ class Engine:
             ok = 1 / (1 + np.exp(-req.q[rows].astype(np.float64))) >= req.params.confidence
         if not ok.any():
             return False
-        self._resolve(req, "early_exit", winner=int(rows[ok][np.argmax(req.q[rows][ok])]))
+        winner = int(rows[ok][np.argmax(req.q[rows][ok])])
+        if req.search is not None:
+            self._finish(req, Final(req.answers[winner].copy(), "verified", float(req.q[winner])))
+        else:
+            self._resolve(req, "early_exit", winner=winner)
         return True
+
+    def _advance(self, req: Request) -> None:
+        """Commit search: a node's rows are done; expand it and start the next node, or finish."""
+        search = req.search
+        search.row_steps = req.row_steps
+        verified = self.task.verify_batch(np.broadcast_to(req.puzzle, req.answers.shape), req.answers)
+        step = search.expanded(req.answers, req.probs, req.q, verified)
+        if isinstance(step, Final):
+            self._finish(req, step)
+            return
+        self.scheduler.free_rows(req, np.arange(req.rows))
+        req.start_node(step)
+
+    def _finish(self, req: Request, final: Final) -> None:
+        """Resolve a commit search with its answer (a row's, or a grid filled by commits)."""
+        search, answer = req.search, final.answer
+        verified = bool(self.task.verify(req.puzzle, answer)) if self.task.has_rule_verifier else None
+        agreement = float((req.answers == answer).all(axis=1).mean()) if req.row_steps else 0.0
+        confidence = float(1 / (1 + np.exp(-final.q))) if np.isfinite(final.q) else 1.0 if verified else 0.0
+        rows = Rows(answer[None].copy(), np.array([final.q], np.float32), np.array([bool(verified)]))
+        self._deliver(
+            req,
+            SearchResult(
+                request_id=req.id,
+                answer=answer,
+                selection=Selection(0, "commit", confidence, agreement),
+                verified=verified,
+                rows=rows,
+                rollouts=req.rows,
+                row_steps=req.row_steps,
+                steps=req.params.steps,
+                finish=final.finish,
+                timing=self._timing(req),
+                nodes=search.nodes,
+                backtracks=search.backtracks,
+                committed=search.committed,
+            ),
+        )
 
     # -- resolution -------------------------------------------------------------------------------------------------
 
@@ -253,7 +310,6 @@ class Engine:
             self._fail(req, RequestError(str(e)))
             return
         answer = rows.answers[selection.index]
-        now = time.monotonic()
         result = SearchResult(
             request_id=req.id,
             answer=answer,
@@ -264,9 +320,18 @@ class Engine:
             row_steps=int(req.steps_done.sum()),
             steps=int(req.steps_done.max()),
             finish=finish,
-            timing=Timing(req.started - req.submitted, now - req.started, now - req.submitted),
+            timing=self._timing(req),
             history=req.history,
         )
+        self._deliver(req, result)
+
+    @staticmethod
+    def _timing(req: Request) -> Timing:
+        now = time.monotonic()
+        started = req.started if req.started is not None else now
+        return Timing(started - req.submitted, now - started, now - req.submitted)
+
+    def _deliver(self, req: Request, result: SearchResult) -> None:
         self.scheduler.remove(req)
         self.stats.requests_finished += 1
         # Check and claim in one atomic call: a client cancel between a `cancelled()` check and the set would

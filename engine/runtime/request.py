@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.search import Rows, SearchParams, Selection
+from engine.search.commit import CommitSearch, Final
 from engine.search.rollouts import row_seeds
 from engine.tasks import Task
+from engine.tasks.symmetry import Symmetry
 
 
 class RequestError(Exception):
@@ -77,9 +79,12 @@ class SearchResult:
     rollouts: int  # rows that ran at least one step
     row_steps: int  # supervision steps run, summed over rows
     steps: int  # the most steps any row ran
-    finish: str  # "completed" or "early_exit"
+    finish: str  # "completed" or "early_exit"; commit search: "verified", "filled", "budget", "exhausted", ...
     timing: Timing
     history: dict[int, Rows] = field(default_factory=dict)  # step count -> rows then (Request.record_steps)
+    nodes: int = 0  # commit search: nodes expanded
+    backtracks: int = 0
+    committed: int = 0  # cells committed beyond the givens in the last node
 
 
 @dataclass(eq=False)
@@ -95,16 +100,53 @@ class Request:
 
     def __post_init__(self):
         K, L = self.params.rollouts, len(self.puzzle)
-        self.seeds = np.array(row_seeds(self.params.seed, range(K)), dtype=np.int64)
-        self.steps_done = np.zeros(K, dtype=np.int64)
         self.slot = np.full(K, -1, dtype=np.int64)  # carry slot in the runner's pool; -1: none
+        self.history: dict[int, Rows] = {}
+        self.started: float | None = None
+        self.cancelled = False
+        self.row_steps = 0  # over every node
+        self.search = CommitSearch(self.task, self.puzzle, self.params) if self.params.strategy == "commit" else None
+        self.final: Final | None = None  # commit search: answered before any row ran (e.g. the mask filled it)
+        self.node = -1
+        first = self.search.start() if self.search is not None else self.puzzle
+        if isinstance(first, Final):
+            self.final, first = first, self.puzzle
+        self.start_node(first)
+
+    def start_node(self, grid: np.ndarray) -> None:
+        """(Re)start the K rows on `grid` (the puzzle, or a commit-search node): fresh carries, seeds and symmetries.
+
+        Node n's rows take the noise streams n*K..n*K+K-1 of the request's seed, so node 0 is exactly the rollouts of
+        the puzzle. With `augment`, row r runs on its own random symmetry of the grid (row 0: the identity), and its
+        answer and distribution are mapped back (`unmap`)."""
+        K, L, p = self.params.rollouts, len(self.puzzle), self.params
+        self.node += 1
+        self.seeds = np.array(row_seeds(p.seed, range(self.node * K, (self.node + 1) * K)), dtype=np.int64)
+        self.steps_done = np.zeros(K, dtype=np.int64)
         self.answers = np.zeros((K, L), dtype=np.int64)
         self.q = np.full(K, -np.inf, dtype=np.float32)
         self.value: np.ndarray | None = None
         self.log_prior: np.ndarray | None = None
-        self.history: dict[int, Rows] = {}
-        self.started: float | None = None
-        self.cancelled = False
+        self.probs: np.ndarray | None = None  # [K, L, V] at each row's last step (commit search only)
+        self.sym: Symmetry | None = None
+        self.inputs = np.broadcast_to(grid, (K, L))
+        if p.augmented:
+            syms = [Symmetry.identity(L, self.task.vocab_size)]
+            for r in range(1, K):
+                sym = self.task.symmetry(np.random.default_rng([p.seed, self.node, r]))
+                if sym is None:
+                    raise ValueError(f"diversity {p.diversity!r} needs task symmetries; {self.task.name} has none")
+                syms.append(sym)
+            self.sym = Symmetry.stack(syms)
+            self.inputs = self.sym.apply(self.inputs)
+            self.unsym = self.sym.inverse
+
+    def unmap(self, rows: np.ndarray, answers: np.ndarray, probs: np.ndarray | None = None):
+        """Rows' answers [n, L] (and distributions [n, L, V]) from their symmetric frames back to the puzzle's."""
+        if self.sym is None:
+            return answers, probs
+        inv = Symmetry(self.unsym.cells[rows], self.unsym.tokens[rows])
+        return inv.apply(answers), None if probs is None else inv.apply_probs(probs)
 
     @property
     def rows(self) -> int:

@@ -40,6 +40,7 @@ class Batch:
     steps: np.ndarray  # [n] the step index each row is about to run
     sigma_z: np.ndarray  # [n] PTRM noise scales
     sigma_y: np.ndarray  # [n]
+    want_probs: bool = False  # also return per-cell distributions (commit search needs them at a node's last step)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class StepResult:
     q: np.ndarray  # [n]
     value: np.ndarray | None
     log_prior: np.ndarray | None
+    probs: np.ndarray | None = None  # [n, seq_len, vocab] fp32, when the batch asked for them
 
 
 class Runner:
@@ -101,7 +103,8 @@ class Runner:
         self.pool_H[idx] = out.carry.z_H[:n]
         self.pool_L[idx] = out.carry.z_L[:n]
         cpu = lambda t: None if t is None else t[:n].float().cpu().numpy()  # noqa: E731
-        return StepResult(out.answers[:n].cpu().numpy(), cpu(out.q), cpu(out.value), cpu(out.log_prior))
+        probs = cpu(out.logits.float().softmax(-1)) if batch.want_probs else None
+        return StepResult(out.answers[:n].cpu().numpy(), cpu(out.q), cpu(out.value), cpu(out.log_prior), probs)
 
     def _run_eager(self, b: Batch, idx: torch.Tensor) -> StepOut:
         t = lambda a, dtype=torch.long: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731

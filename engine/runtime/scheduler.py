@@ -139,9 +139,13 @@ class Scheduler:
 
     # -- engine thread ----------------------------------------------------------------------------------------------
 
-    def take_inbox(self) -> None:
+    def take_inbox(self) -> list[Request]:
+        """Move admitted requests to the active list; returns the newcomers."""
+        new = []
         while self._inbox:
-            self.active.append(self._inbox.popleft())
+            new.append(self._inbox.popleft())
+        self.active.extend(new)
+        return new
 
     def pick(self) -> list[tuple[Request, np.ndarray]]:
         """Rows for the next step: [(request, row indices)], at most max_batch rows in all. Assigns slots."""

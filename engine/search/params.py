@@ -12,6 +12,11 @@ from dataclasses import dataclass
 NOISE_TARGETS = ("z", "y", "both")  # z = z_L, the paper's target; y = z_H; both
 SELECTORS = ("q", "vote", "verifier", "likelihood", "prior", "lprm")
 EARLY_EXIT = ("off", "verified", "confident")
+STRATEGIES = ("rollouts", "commit")
+DIVERSITY = ("noise", "augment", "both", "none")  # what makes a request's rows differ
+ORDERS = ("margin", "max")  # commit search: which undecided cell is most certain (SEARCH.md §1)
+BACKTRACK = ("dfs", "restart", "off")
+POLICIES = ("model", "uniform")  # uniform: legal values equally likely, random cell order (the baseline)
 
 # PTRM's per-task noise scale (PTRM_GRAM.md §1): Sudoku-Extreme 0.3, Maze-Hard 1.0, ARC-AGI-2 0.2.
 PTRM_NOISE = {"sudoku": 0.3, "maze": 1.0, "arc": 0.2}
@@ -29,6 +34,18 @@ class SearchParams:
     early_exit: str = "off"  # "verified": stop once a row's answer passes the rule verifier; "confident": sigmoid(q)
     confidence: float = 0.95  # the "confident" threshold on sigmoid(q_halt)
     timeout_s: float | None = None  # deadline, counted from submission
+    strategy: str = "rollouts"  # or "commit": commit certain cells, branch and backtrack (engine/search/commit.py)
+    diversity: str = "noise"  # noise: PTRM; augment: a random task symmetry per row; both; none
+    # commit search (one node = K rows for D steps on the puzzle plus the cells committed so far)
+    max_nodes: int = 64
+    max_row_steps: int | None = None
+    threshold: float = 0.9  # commit undecided cells whose (masked) probability reaches this
+    width: int | None = None  # values tried when branching on a cell (None: every legal value)
+    order: str = "margin"
+    mask: bool = True  # the task's legal-value mask (and commits it forces)
+    temperature: float = 0.0  # 0: most probable value first; > 0: values sampled (generation)
+    backtrack: str = "dfs"  # at a dead end: depth-first backtracking, restart from the puzzle, or stop
+    policy: str = "model"
 
     def __post_init__(self):
         _require(self.rollouts >= 1, f"rollouts must be at least 1, got {self.rollouts}")
@@ -39,14 +56,39 @@ class SearchParams:
         _require(self.early_exit in EARLY_EXIT, f"early_exit must be one of {EARLY_EXIT}, got {self.early_exit!r}")
         _require(0 < self.confidence < 1, f"confidence must be in (0, 1), got {self.confidence}")
         _require(self.timeout_s is None or self.timeout_s > 0, f"timeout_s must be positive, got {self.timeout_s}")
+        for name, allowed in (
+            ("strategy", STRATEGIES),
+            ("diversity", DIVERSITY),
+            ("order", ORDERS),
+            ("backtrack", BACKTRACK),
+            ("policy", POLICIES),
+        ):
+            value = getattr(self, name)
+            _require(value in allowed, f"{name} must be one of {allowed}, got {value!r}")
+        _require(self.max_nodes >= 1, f"max_nodes must be at least 1, got {self.max_nodes}")
+        _require(
+            self.max_row_steps is None or self.max_row_steps >= 1,
+            f"max_row_steps must be at least 1, got {self.max_row_steps}",
+        )
+        _require(0 < self.threshold <= 1, f"threshold must be in (0, 1], got {self.threshold}")
+        _require(self.width is None or self.width >= 1, f"width must be at least 1, got {self.width}")
+        _require(self.temperature >= 0, f"temperature must be non-negative, got {self.temperature}")
+
+    @property
+    def noisy(self) -> bool:
+        return self.diversity in ("noise", "both")
+
+    @property
+    def augmented(self) -> bool:
+        return self.diversity in ("augment", "both")
 
     @property
     def sigma_z(self) -> float:
-        return self.noise if self.noise_target in ("z", "both") else 0.0
+        return self.noise if self.noisy and self.noise_target in ("z", "both") else 0.0
 
     @property
     def sigma_y(self) -> float:
-        return self.noise if self.noise_target in ("y", "both") else 0.0
+        return self.noise if self.noisy and self.noise_target in ("y", "both") else 0.0
 
     def replace(self, **changes) -> SearchParams:
         return dataclasses.replace(self, **changes)

@@ -22,6 +22,7 @@ class StepOut:
     carry: Carry
     answers: torch.Tensor  # [B, seq_len] argmax tokens
     q: torch.Tensor  # [B] halt logits, fp32
+    logits: torch.Tensor  # [B, seq_len, vocab]
     value: torch.Tensor | None = None  # [B] LPRM estimate (GRAM with a value head)
     log_prior: torch.Tensor | None = None  # [B] prior log-density of this step's GRAM transitions
 
@@ -43,14 +44,14 @@ def search_step(
         if sigma_z is not None or sigma_y is not None:
             noise = Noise(seeds, steps, sigma_z if sigma_z is not None else torch.zeros_like(sigma_y), sigma_y)
         carry, logits, q = model.step(carry, inputs, puzzle_ids, noise)
-        return StepOut(carry, logits.argmax(-1), q[:, 0])
+        return StepOut(carry, logits.argmax(-1), q[:, 0], logits)
     out = model.step(
         carry,
         inputs,
         puzzle_ids,
         noise=lambda t, shape: kernels.standard_normal(seeds, steps, kernels.STREAM_GRAM + t, shape),
     )
-    return StepOut(out.carry, out.logits.argmax(-1), out.q[:, 0], out.value, out.log_prior)
+    return StepOut(out.carry, out.logits.argmax(-1), out.q[:, 0], out.logits, out.value, out.log_prior)
 
 
 def row_seeds(seed: int, rows: range | list[int]) -> list[int]:

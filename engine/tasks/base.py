@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from engine.tasks.symmetry import Symmetry
+
 PAD = 0  # token 0 pads batch rows in every task (TRM.md §6)
 
 
@@ -19,6 +21,19 @@ class Task(ABC):
     vocab_size: int
     has_rule_verifier: bool = True  # False where `check` can only judge well-formedness (ARC)
     comment_prefix: str | None = "#"  # puzzle files skip lines starting with it; None where '#' is a cell (maze)
+    # Fill-in tasks (the answer keeps the puzzle and fills its blanks) name the blank token and the tokens a blank
+    # may take; commit search and generation need both.
+    blank: int | None = None
+    values: np.ndarray | None = None
+
+    def symmetry(self, rng: np.random.Generator) -> Symmetry | None:
+        """A random symmetry of the task (search's `augment` diversity); None where the task has none."""
+        return None
+
+    def legal(self, tokens: np.ndarray) -> np.ndarray | None:
+        """bool [seq_len, vocab]: the values each cell may take under the rules given the filled cells (commit
+        search's legal-value mask); None where the task has no such rule."""
+        return None
 
     @abstractmethod
     def encode(self, puzzle: str | list) -> np.ndarray:

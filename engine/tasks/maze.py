@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.tasks.base import PuzzleError, Task
 from engine.tasks.grid import board, cell, parse_rows
+from engine.tasks.symmetry import Symmetry, dihedral
 
 SIDE = 30
 CHARSET = "# SGo"
@@ -112,6 +113,9 @@ class Maze(Task):
 
     def to_text(self, tokens: np.ndarray) -> str:
         return "\n".join(self.decode(tokens))
+
+    def symmetry(self, rng: np.random.Generator) -> Symmetry:
+        return dihedral(SIDE, self.vocab_size, rng)  # TRM's maze augmentation (TRM.md §7.4)
 
     def check(self, puzzle: np.ndarray, answer: np.ndarray) -> str | None:
         given = board(puzzle, SIDE, SIDE)

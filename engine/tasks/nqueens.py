@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.tasks.base import PuzzleError, Task
 from engine.tasks.grid import board, cell, parse_rows
+from engine.tasks.symmetry import Symmetry, dihedral
 
 EMPTY, QUEEN = 1, 2
 TEXT_TOKEN = {".": EMPTY, "0": EMPTY, "Q": QUEEN, "1": QUEEN}
@@ -153,6 +154,9 @@ class NQueens(Task):
 
     def to_text(self, tokens: np.ndarray) -> str:
         return "\n".join("".join("Q" if v else "." for v in row) for row in self.decode(tokens))
+
+    def symmetry(self, rng: np.random.Generator) -> Symmetry:
+        return dihedral(self.n, self.vocab_size, rng)
 
     def check(self, puzzle: np.ndarray, answer: np.ndarray) -> str | None:
         given = board(puzzle, self.n, self.n)

@@ -10,9 +10,31 @@ from numbers import Integral
 import numpy as np
 
 from engine.tasks.base import PuzzleError, Task
+from engine.tasks.symmetry import Symmetry
 
 BLANK = 1
 FULL = 0x1FF  # bits 0-8 set: every digit 1-9 present once
+DIGITS = np.arange(2, 11)  # the tokens of digits 1-9
+SYMMETRY_KEYS = 34  # uniform draws per symmetry: digits 9, transpose 1, bands 3, rows 9, stacks 3, columns 9
+
+
+def _line_perm(keys: np.ndarray) -> np.ndarray:
+    """Random keys [B, 12] -> [B, 9] line orders: shuffled bands (or stacks) x shuffled lines within each."""
+    groups = np.argsort(keys[:, :3], axis=1)
+    within = np.argsort(keys[:, 3:].reshape(-1, 3, 3), axis=2)
+    return (groups[:, :, None] * 3 + within).reshape(-1, 9)
+
+
+def symmetries(keys: np.ndarray) -> Symmetry:
+    """Uniform keys [B, 34] -> B validity-preserving Sudoku symmetries (the official `shuffle_sudoku`, TRM.md §7.3):
+    digit relabelling, optional transpose, band/stack shuffles and row/column shuffles within them."""
+    b = len(keys)
+    fixed = np.broadcast_to(np.arange(2), (b, 2))  # PAD and blank never move
+    tokens = np.concatenate([fixed, np.argsort(keys[:, :9], axis=1) + 2], axis=1)
+    rows, cols = _line_perm(keys[:, 10:22])[:, :, None], _line_perm(keys[:, 22:34])[:, None, :]
+    # Output cell (r, c) reads input cell (rows[r], cols[c]), or (cols[c], rows[r]) when transposed.
+    cells = np.where((keys[:, 9] < 0.5)[:, None, None], cols * 9 + rows, rows * 9 + cols).reshape(b, 81)
+    return Symmetry(cells, tokens)
 
 
 def _digits(tokens: np.ndarray) -> np.ndarray:
@@ -94,10 +116,34 @@ def _parse_rows(rows: list | tuple) -> np.ndarray:
     return grid
 
 
+# Peers of each cell (same row, column or box, itself excluded) as a [81, 81] bool matrix.
+_r, _c = np.divmod(np.arange(81), 9)
+PEERS = ((_r[:, None] == _r) | (_c[:, None] == _c) | ((_r[:, None] // 3 == _r // 3) & (_c[:, None] // 3 == _c // 3)))
+PEERS &= ~np.eye(81, dtype=bool)
+
+
 class Sudoku(Task):
     name = "sudoku"
     seq_len = 81
     vocab_size = 11
+    blank = BLANK
+    values = DIGITS
+
+    def symmetry(self, rng: np.random.Generator) -> Symmetry:
+        one = symmetries(rng.random((1, SYMMETRY_KEYS)))
+        return Symmetry(one.cells[0], one.tokens[0])
+
+    def legal(self, tokens: np.ndarray) -> np.ndarray:
+        """bool [81, vocab]: the digit tokens each cell may hold given the filled cells (a filled cell: its own)."""
+        t = np.asarray(tokens, np.int64).reshape(81)
+        onehot = np.zeros((81, self.vocab_size), bool)
+        filled = (t >= 2) & (t <= 10)
+        onehot[np.flatnonzero(filled), t[filled]] = True
+        taken = (PEERS.astype(np.int64) @ onehot.astype(np.int64)) > 0  # digits held by a peer
+        legal = ~taken
+        legal[:, :2] = False
+        legal[filled] = onehot[filled]
+        return legal
 
     def encode(self, puzzle: str | list) -> np.ndarray:
         """81 chars ('.' or '0' blank, whitespace ignored) or 9x9 nested ints (0 blank) -> tokens [81]."""

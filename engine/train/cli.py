@@ -4,6 +4,8 @@ engine-train --preset cpu-small --puzzles P.txt --solutions P.sol --dev-size 200
 engine-train --out runs/sudoku --resume           # continue a killed run from its last save
 engine-train --arch gram --generate 40000 --clues 30 45 --out runs/gram      # a GRAM solver (gram-cpu-small)
 engine-train --arch gram --generator --grids 50000 --out runs/gram-gen     # an unconditional grid generator
+engine-train --init-from checkpoints/sudoku-trm --puzzles hard.txt --solutions hard.sol --extra-clues 0 30 \
+    --generate 20000 --clues 30 45 --infill 50000 --mix puzzles=0.6 generated=0.15 infill=0.25 --out runs/hard
 torchrun --nproc_per_node 2 -m engine.train.cli --preset tiny --generate 2000 --out runs/ddp
 """
 
@@ -21,7 +23,10 @@ import torch.distributed as dist
 
 from engine.tasks.sudoku import BLANK
 from engine.train.config import PRESETS, TrainConfig, train_preset
+from engine.checkpoint import read_config
 from engine.train.data import (
+    Source,
+    blank_cells,
     download_sudoku_extreme,
     generate_puzzles,
     random_grids,
@@ -56,6 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", required=True, help="run directory: train_state/ (resumable), checkpoint/ (EMA weights), log.jsonl"
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state with its saved settings")
+    p.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from this checkpoint's weights and model config, with a fresh optimizer and warm-up",
+    )
     data = p.add_argument_group(
         "data (sources are concatenated; the held-out split is the last --dev-size of the first)"
     )
@@ -71,6 +81,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     data.add_argument(
         "--clues", type=int, nargs=2, default=(22, 30), metavar=("MIN", "MAX"), help="clue range for --generate"
+    )
+    data.add_argument("--min-guesses", type=int, default=0, help="--generate: keep puzzles needing this many guesses")
+    data.add_argument(
+        "--extra-clues",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="reveal k correct cells of each puzzle-file puzzle's solution, k uniform in [MIN, MAX] (RRN's data)",
+    )
+    data.add_argument(
+        "--infill",
+        type=int,
+        metavar="N",
+        help="infilling source: N random complete grids, each sample with a uniform 0-81 cells blanked",
+    )
+    data.add_argument(
+        "--mix",
+        nargs="+",
+        metavar="SOURCE=SHARE",
+        help="shares of the sources (puzzles, csv, hf, generated, infill); default: in proportion to their sizes",
+    )
+    data.add_argument(
+        "--curriculum",
+        type=float,
+        metavar="FRACTION",
+        help="move the shares from all-generated (easy) to --mix over this fraction of the steps",
     )
     data.add_argument(
         "--dev-size", type=int, default=2000, help="held-out puzzles taken from the end of the first source"
@@ -119,6 +155,12 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         if args.arch != "gram":
             raise SystemExit("engine-train: --generator needs --arch gram")
         overrides["generator"], model["unconditional"] = True, True
+    if args.init_from:
+        init = read_config(args.init_from)
+        if init["arch"] != args.arch:
+            raise SystemExit(f"engine-train: {args.init_from} is a {init['arch']} checkpoint, not --arch {args.arch}")
+        model = {**{k: v for k, v in init["model"].items() if k != "forward_dtype"}, **model}
+        overrides["init_from"] = str(args.init_from)
     name = args.preset or DEFAULT_PRESET["generator" if args.generator else args.arch]
     try:
         cfg = train_preset(name, **overrides)
@@ -127,7 +169,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, **model})
 
 
-def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple, tuple, str]:
+def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple | list[Source], tuple, str]:
     """(train inputs, labels), (held-out inputs, labels), and a one-line description for the checkpoint."""
     if args.generator:
         if args.puzzles or args.csv or args.hf or args.generate:
@@ -148,37 +190,80 @@ def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple, tuple, str]:
                 f"held out: the last {args.dev_size}; augmented on the fly"
             ),
         )
-    sources, names = [], []
+    sources: list[Source] = []
+    reveal = tuple(args.extra_clues) if args.extra_clues else None
     if args.puzzles or args.solutions:
         if not (args.puzzles and args.solutions):
             raise SystemExit("engine-train: --puzzles and --solutions go together")
-        sources.append(read_puzzle_files(args.puzzles, args.solutions))
-        names.append(f"{Path(args.puzzles).name} + {Path(args.solutions).name}")
+        x, y = read_puzzle_files(args.puzzles, args.solutions)
+        sources.append(Source("puzzles", x, y, reveal=reveal))
     if args.csv:
-        sources.append(read_sudoku_extreme_csv(args.csv))
-        names.append(Path(args.csv).name)
+        sources.append(Source("csv", *read_sudoku_extreme_csv(args.csv), reveal=reveal))
     if args.hf:
-        sources.append(read_sudoku_extreme_csv(download_sudoku_extreme("train")))
-        names.append("sapientinc/sudoku-extreme train.csv")
+        sources.append(Source("hf", *read_sudoku_extreme_csv(download_sudoku_extreme("train")), reveal=reveal))
     if args.generate:
-        sources.append(generate_puzzles(args.generate, np.random.default_rng(seed), clues=tuple(args.clues)))
-        names.append(f"{args.generate} generated puzzles (clues {args.clues[0]}-{args.clues[1]}, seed {seed})")
+        rng = np.random.default_rng(seed)
+        x, y = generate_puzzles(args.generate, rng, clues=tuple(args.clues), min_guesses=args.min_guesses)
+        sources.append(Source("generated", x, y))  # easy by design: no extra clues
+    if args.infill:
+        grids = random_grids(args.infill, np.random.default_rng([seed, 3]))
+        sources.append(Source("infill", grids, grids, blank=(0, 81)))
     if not sources:
-        raise SystemExit("engine-train: no training data: give --puzzles/--solutions, --csv, --hf or --generate")
+        raise SystemExit(
+            "engine-train: no training data: give --puzzles/--solutions, --csv, --hf, --generate or --infill"
+        )
+    names = {
+        "puzzles": f"{Path(args.puzzles or '').name} + {Path(args.solutions or '').name}",
+        "csv": Path(args.csv or "").name,
+        "hf": "sapientinc/sudoku-extreme train.csv",
+        "generated": f"{args.generate} generated puzzles (clues {args.clues[0]}-{args.clues[1]}, "
+        + (f"min guesses {args.min_guesses}, " if args.min_guesses else "")
+        + f"seed {seed})",
+        "infill": f"{args.infill} random complete grids with 0-81 cells blanked (infilling)",
+    }
     if args.eval_puzzles:
         dev = read_puzzle_files(args.eval_puzzles, args.eval_solutions)
         held_out = Path(args.eval_puzzles).name
     else:
         first = sources[0]
-        if len(first[0]) <= args.dev_size:
+        if len(first.inputs) <= args.dev_size:
             raise SystemExit(
-                f"engine-train: the first source has {len(first[0])} puzzles, not more than --dev-size {args.dev_size}"
+                f"engine-train: the first source has {len(first.inputs)} samples, not more than --dev-size "
+                f"{args.dev_size}"
             )
-        dev = (first[0][-args.dev_size :], first[1][-args.dev_size :])
-        sources[0] = (first[0][: -args.dev_size], first[1][: -args.dev_size])
-        held_out = f"the last {args.dev_size} of {names[0]}"
-    train = tuple(np.concatenate(parts) for parts in zip(*sources))
-    return train, dev, f"train: {'; '.join(names)}; held out: {held_out}; augmented on the fly"
+        dev = (first.inputs[-args.dev_size :], first.labels[-args.dev_size :])
+        if first.blank:  # infilling alone: held-out grids blanked once, with a fixed draw
+            dev = (blank_cells(dev[1], first.blank, np.random.default_rng([seed, 4])), dev[1])
+        sources[0] = dataclasses.replace(first, inputs=first.inputs[: -args.dev_size], labels=first.labels[: -args.dev_size])
+        held_out = f"the last {args.dev_size} of {names[first.name]}"
+    sources = _with_shares(sources, args.mix)
+    described = "; ".join(
+        f"{names[s.name]}"
+        + (f" with {s.reveal[0]}-{s.reveal[1]} extra clues" if s.reveal else "")
+        + (f" (share {s.share:g})" if s.share is not None else "")
+        for s in sources
+    )
+    if args.curriculum:
+        described += f"; curriculum from generated puzzles over the first {args.curriculum:g} of training"
+    return sources, dev, f"train: {described}; held out: {held_out}; augmented on the fly"
+
+
+def _with_shares(sources: list[Source], mix: list[str] | None) -> list[Source]:
+    if not mix:
+        return sources
+    shares = {}
+    for item in mix:
+        name, _, share = item.partition("=")
+        try:
+            shares[name] = float(share)
+        except ValueError:
+            raise SystemExit(f"engine-train: --mix takes SOURCE=SHARE, got {item!r}") from None
+    known = {s.name for s in sources}
+    if unknown := set(shares) - known:
+        raise SystemExit(f"engine-train: --mix names {sorted(unknown)}, but the sources are {sorted(known)}")
+    if missing := known - set(shares):
+        raise SystemExit(f"engine-train: --mix gives no share for {sorted(missing)}")
+    return [dataclasses.replace(s, share=shares[s.name]) for s in sources]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,9 +280,11 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(cfg, args.task, train, dev, args.out, device, ddp, data)
     if args.resume:
         trainer.resume()
+    elif cfg.init_from:
+        trainer.init_from(cfg.init_from)
     if ddp.is_main:
         print(
-            f"engine-train: {len(train[0]):,} training puzzles, {len(dev[0]):,} held out; {cfg.model_preset} "
+            f"engine-train: {sum(len(s.inputs) for s in train) if isinstance(train, list) else len(train[0]):,} training samples, {len(dev[0]):,} held out; {cfg.model_preset} "
             f"{dict(cfg.model_overrides)}; {cfg.steps} steps of {cfg.global_batch_size} rows on {ddp.world} x {device}"
             + (f"; resumed at step {trainer.step}" if args.resume else "")
         )

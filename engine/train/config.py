@@ -26,6 +26,9 @@ class TrainConfig:
     eval_limit: int | None = None  # held-out puzzles per evaluation (None: all)
     save_every: int = 1000
     seed: int = 0
+    curriculum: float = 0.0  # fraction of training over which the data shares move from all-easy to final
+    curriculum_easy: str = "generated"  # the easy source a curriculum starts from
+    init_from: str | None = None  # checkpoint whose weights (and model config) the run started from
     # GRAM (PTRM_GRAM.md §4.3-4.5); ignored by TRM
     arch: str = "trm"  # or "gram"
     kl_beta: float = 0.1  # 0.1 Sudoku solving, 0.05 unconditional generation

@@ -8,12 +8,13 @@ from __future__ import annotations
 import csv
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engine.tasks.base import PuzzleError
-from engine.tasks.sudoku import BLANK, Sudoku
+from engine.tasks.sudoku import BLANK, SYMMETRY_KEYS, Sudoku, symmetries
 from engine.tasks.sudoku_solver import count_solutions, random_solution, search
 
 TASK = Sudoku()
@@ -102,32 +103,15 @@ def download_sudoku_extreme(split: str = "train", cache_dir: str | Path | None =
     )
 
 
-def _line_perm(keys: np.ndarray) -> np.ndarray:
-    """Random keys [B, 12] -> [B, 9] line orders: shuffled bands (or stacks) x shuffled lines within each."""
-    groups = np.argsort(keys[:, :3], axis=1)
-    within = np.argsort(keys[:, 3:].reshape(-1, 3, 3), axis=2)
-    return (groups[:, :, None] * 3 + within).reshape(-1, 9)
-
-
 def augment(inputs: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The official validity-preserving shuffle (`shuffle_sudoku`, TRM.md §7.3), drawn independently per row.
 
-    Each row takes one block of 34 uniform keys (digits 9, transpose 1, bands 3, rows 9, stacks 3, columns 9),
-    so a batch of B rows draws exactly what B batches of one row would: results do not depend on batching.
+    Each row takes one block of 34 uniform keys (`sudoku.symmetries`), so a batch of B rows draws exactly what B
+    batches of one row would: results do not depend on batching.
     """
     inputs, labels = np.asarray(inputs, np.uint8), np.asarray(labels, np.uint8)
-    b = len(inputs)
-    keys = rng.random((b, 34))
-    fixed = np.broadcast_to(np.arange(2, dtype=np.uint8), (b, 2))  # PAD and blank never move
-    token_map = np.concatenate([fixed, (np.argsort(keys[:, :9], axis=1) + 2).astype(np.uint8)], axis=1)
-    rows, cols = _line_perm(keys[:, 10:22])[:, :, None], _line_perm(keys[:, 22:34])[:, None, :]
-    # Output cell (r, c) reads input cell (rows[r], cols[c]), or (cols[c], rows[r]) when transposed.
-    src = np.where((keys[:, 9] < 0.5)[:, None, None], cols * 9 + rows, rows * 9 + cols).reshape(b, 81)
-
-    def apply(x: np.ndarray) -> np.ndarray:
-        return np.take_along_axis(token_map, np.take_along_axis(x, src, axis=1), axis=1)
-
-    return apply(inputs), apply(labels)
+    sym = symmetries(rng.random((len(inputs), SYMMETRY_KEYS)))
+    return sym.apply(inputs).astype(np.uint8), sym.apply(labels).astype(np.uint8)
 
 
 def random_grids(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -181,23 +165,60 @@ def generate_puzzles(
     return inputs, labels
 
 
+def reveal_clues(inputs: np.ndarray, labels: np.ndarray, k: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Each puzzle with k extra correct givens copied from its solution, k uniform in `k` (inclusive) and capped by
+    its blanks: the states a search visits after committing right cells (RRN's training data, SEARCH.md §2)."""
+    return _set_cells(inputs, labels, k, rng, blank=True)
+
+
+def blank_cells(grids: np.ndarray, k: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Infilling inputs: each complete grid with k random cells blanked, k uniform in `k` (inclusive). With k up to
+    81 most inputs have many completions; the target stays the grid, so a model learns the completions' marginals."""
+    return _set_cells(grids, np.full_like(grids, BLANK), k, rng, blank=False)
+
+
+def _set_cells(x: np.ndarray, values: np.ndarray, k: tuple[int, int], rng: np.random.Generator, blank: bool):
+    """Copy `values` into k random cells of each row of `x`: among its blank cells (`blank`) or among all cells."""
+    lo, hi = k
+    if not 0 <= lo <= hi <= 81:
+        raise ValueError(f"cell counts must satisfy 0 <= low <= high <= 81, got {k}")
+    x = np.array(x, np.uint8)
+    counts = rng.integers(lo, hi + 1, len(x))
+    keys = rng.random(x.shape)
+    if blank:
+        keys[x != BLANK] = np.inf  # givens are never chosen (they already hold their solution digit)
+    rank = np.argsort(np.argsort(keys, axis=1), axis=1)  # each cell's place in the row's random order
+    chosen = (rank < counts[:, None]) & np.isfinite(keys)
+    x[chosen] = np.asarray(values, np.uint8)[chosen]
+    return x
+
+
 class SampleStream:
     """An endless, resumable stream of (augmented) training samples.
 
     Epoch e visits the dataset in the order `default_rng([seed, 0, e]).permutation(N)`, so an epoch's order needs no
-    saved state; augmentation draws from one Generator seeded `[seed, 1]` (distinct seed words: numpy treats
-    `[seed]` and `[seed, 0]` as the same seed). Like the official loader (TRM.md §7.2) every visit gets a fresh
-    random augmentation; unlike it, samples are not grouped, and epochs run on without dropping a remainder.
+    saved state; augmentation (and `reveal` / `blank`) draw from one Generator seeded `[seed, 1]` (distinct seed
+    words: numpy treats `[seed]` and `[seed, 0]` as the same seed). Like the official loader (TRM.md §7.2) every visit
+    gets a fresh random augmentation; unlike it, samples are not grouped, and epochs run on without dropping a
+    remainder. `reveal`: k extra correct clues per puzzle; `blank`: infilling, k cells of a complete grid blanked.
     """
 
-    def __init__(self, inputs: np.ndarray, labels: np.ndarray, seed: int, augment: bool = True):
+    def __init__(
+        self,
+        inputs: np.ndarray,
+        labels: np.ndarray,
+        seed: int,
+        augment: bool = True,
+        reveal: tuple[int, int] | None = None,
+        blank: tuple[int, int] | None = None,
+    ):
         self.inputs, self.labels = np.asarray(inputs, np.uint8), np.asarray(labels, np.uint8)
         if self.inputs.shape != self.labels.shape or self.inputs.shape[1:] != (81,) or not len(self.inputs):
             raise ValueError(
                 f"inputs {self.inputs.shape} and labels {self.labels.shape} must both be non-empty "
                 "[N, 81] Sudoku token arrays"
             )
-        self.seed, self.augment = seed, augment
+        self.seed, self.augment, self.reveal, self.blank = seed, augment, reveal, blank
         self.epoch = self.position = self.samples_seen = 0
         self._rng = np.random.default_rng([seed, 1])
         self._order = self._permutation()
@@ -223,7 +244,13 @@ class SampleStream:
         index = np.concatenate(parts) if parts else np.empty(0, np.int64)
         self.samples_seen += n
         inputs, labels = self.inputs[index], self.labels[index]
-        return augment(inputs, labels, self._rng) if self.augment else (inputs, labels)
+        if self.augment:
+            inputs, labels = augment(inputs, labels, self._rng)
+        if self.reveal:
+            inputs = reveal_clues(inputs, labels, self.reveal, self._rng)
+        if self.blank:
+            inputs = blank_cells(labels, self.blank, self._rng)
+        return inputs, labels
 
     def state_dict(self) -> dict:
         """JSON-serialisable position of the stream; `load_state_dict` resumes it exactly."""
@@ -245,6 +272,76 @@ class SampleStream:
         self.epoch, self.position, self.samples_seen = state["epoch"], state["position"], state["samples_seen"]
         self._rng.bit_generator.state = state["augment_rng"]
         self._order = self._permutation()
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of training sample: puzzles with solutions (optionally with extra clues revealed) or complete grids
+    to infill. `share` is its fraction of the samples drawn (None: in proportion to its size)."""
+
+    name: str
+    inputs: np.ndarray
+    labels: np.ndarray
+    share: float | None = None
+    reveal: tuple[int, int] | None = None
+    blank: tuple[int, int] | None = None
+
+
+class Mixture:
+    """Samples from several sources at fixed shares, resumable like `SampleStream` (one stream per source).
+
+    With `curriculum` c > 0 the shares move linearly over the first fraction c of training (`progress`, set by the
+    trainer) from all-`easy` to the final shares: easy puzzles first, then the hard ones (and infilling)."""
+
+    def __init__(self, sources: list[Source], seed: int, curriculum: float = 0.0, easy: str | None = None):
+        if not sources:
+            raise ValueError("a mixture needs at least one source")
+        names = [s.name for s in sources]
+        if curriculum and easy not in names:
+            raise ValueError(f"a curriculum starts from an easy source; {easy!r} is not one of {names}")
+        shares = np.array([len(s.inputs) if s.share is None else s.share for s in sources], np.float64)
+        if (shares < 0).any() or shares.sum() <= 0:
+            raise ValueError(f"source shares must be non-negative with a positive sum, got {shares.tolist()}")
+        self.shares = shares / shares.sum()
+        self.start = np.array([n == easy for n in names], np.float64) if curriculum else self.shares
+        self.curriculum, self.progress, self.sources = curriculum, 0.0, sources
+        self.streams = [
+            SampleStream(s.inputs, s.labels, seed=seed * 100 + i, reveal=s.reveal, blank=s.blank)
+            for i, s in enumerate(sources)
+        ]
+        self._rng = np.random.default_rng([seed, 2])
+
+    def current_shares(self) -> np.ndarray:
+        a = min(1.0, self.progress / self.curriculum) if self.curriculum else 1.0
+        return (1 - a) * self.start + a * self.shares
+
+    @property
+    def samples_seen(self) -> int:
+        return sum(s.samples_seen for s in self.streams)
+
+    @property
+    def epoch_fraction(self) -> float:
+        return self.samples_seen / sum(len(s.inputs) for s in self.streams)
+
+    def next(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        counts = self._rng.multinomial(n, self.current_shares())
+        parts = [stream.next(int(c)) for stream, c in zip(self.streams, counts) if c]
+        return tuple(np.concatenate(cols) for cols in zip(*parts))
+
+    def state_dict(self) -> dict:
+        return {
+            "streams": [s.state_dict() for s in self.streams],
+            "rng": self._rng.bit_generator.state,
+            "progress": self.progress,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["streams"]) != len(self.streams):
+            raise ValueError(f"state is for {len(state['streams'])} sources, this mixture has {len(self.streams)}")
+        for stream, s in zip(self.streams, state["streams"]):
+            stream.load_state_dict(s)
+        self._rng.bit_generator.state = state["rng"]
+        self.progress = state["progress"]
 
 
 def write_puzzle_files(prefix: str | Path, inputs: np.ndarray, labels: np.ndarray) -> tuple[Path, Path]:

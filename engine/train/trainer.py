@@ -33,7 +33,7 @@ from engine.models import GRAM, TRM, counter_noise, preset
 from engine.models.config import compute_dtype
 from engine.tasks import get_task
 from engine.train.config import TrainConfig
-from engine.train.data import SampleStream
+from engine.train.data import Mixture, Source
 from engine.train.losses import act_loss, gram_loss
 from engine.train.optim import EMA, AdamATan2, SignSGD, lr_at
 
@@ -76,7 +76,7 @@ class Trainer:
         self,
         cfg: TrainConfig,
         task: str,
-        train: tuple[np.ndarray, np.ndarray],
+        train: tuple[np.ndarray, np.ndarray] | list[Source],
         dev: tuple[np.ndarray, np.ndarray],
         out: str | Path,
         device: str = "cpu",
@@ -105,7 +105,8 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
 
         B, L = cfg.global_batch_size // ddp.world, self.model.config.seq_len
-        self.stream = SampleStream(*train, seed=cfg.seed * 1000 + ddp.rank)
+        sources = train if isinstance(train, list) else [Source("train", *train)]
+        self.stream = Mixture(sources, cfg.seed * 1000 + ddp.rank, cfg.curriculum, cfg.curriculum_easy)
         self.explore = torch.Generator().manual_seed(cfg.seed * 1000 + ddp.rank + 1)
         self.noise_rng = torch.Generator(device).manual_seed(cfg.seed * 1000 + ddp.rank + 2)  # GRAM's eps
         self.carry = self.model.initial_carry(B)
@@ -125,6 +126,7 @@ class Trainer:
         self.step += 1
         h = self.halted
         if n := int(h.sum()):
+            self.stream.progress = self.step / cfg.steps
             x, y = self.stream.next(n)
             self.inputs[h] = torch.from_numpy(x).to(self.device, torch.long)
             self.labels[h] = torch.from_numpy(y).to(self.device, torch.long)
@@ -241,6 +243,18 @@ class Trainer:
     def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         for group in opt.param_groups:
             group["lr"] = lr
+
+    def init_from(self, path: str | Path) -> None:
+        """Start from a checkpoint's weights (and EMA), with fresh optimizer state: training continues from committed
+        weights. The model config must match (the CLI takes it from the checkpoint)."""
+        from engine.checkpoint import load_checkpoint
+
+        source = load_checkpoint(path, self.device, forward_dtype=self.model.config.forward_dtype).model
+        if source.config != self.model.config:
+            raise ValueError(f"{path}: its model config differs from this run's: {source.config} vs {self.model.config}")
+        self.model.load_state_dict(source.state_dict())
+        if self.ema:
+            self.ema = EMA(self.model, self.cfg.ema_decay)
 
     # -- evaluation and checkpoints ---------------------------------------------------------------------------------
 
