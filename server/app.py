@@ -8,7 +8,6 @@ request in the engine (SERVING.md §2.6: the handler races a task waiting for `h
 # No `from __future__ import annotations` here: FastAPI reads the route signatures, which name per-app models.
 import asyncio
 import logging
-import threading
 import time
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated
@@ -22,7 +21,7 @@ from server import generation
 from server.errors import ApiError, ClientDisconnected, install
 from server.metrics import CONTENT_TYPE, Metrics
 from server.middleware import RequestContext
-from server.models import Models, card, load_models, scrub_paths
+from server.models import Models, Solver, card, load_models, scrub_paths
 from server.schemas import ErrorResponse, GenerateResponse, ModelList, SolveResponse, build_requests
 from server.settings import Settings
 from server.shutdown import Drain, drain
@@ -58,7 +57,7 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
             with suppress(Exception):
                 await loading
             if state.models is not None:
-                for s in state.models.solvers.values():
+                for s in state.models.all():
                     await s.facade.shutdown(drain=True, timeout=settings.drain_timeout_s)
             log.info("stopped")
 
@@ -98,7 +97,7 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
                 status_code=503,
                 headers={"Retry-After": "5"},
             )
-        stalled = {s.name: t for s in state.models.solvers.values() if (t := s.stalled_for()) > settings.watchdog_s}
+        stalled = {s.name: t for s in state.models.all() if (t := s.stalled_for()) > settings.watchdog_s}
         if stalled:
             name, t = next(iter(stalled.items()))
             message = f"engine {name!r} has made no step for {t:.0f} s while requests wait"
@@ -230,6 +229,11 @@ async def _solve(body, request: Request, models: Models, settings: Settings, met
         steps=result.steps,
         row_steps=result.row_steps,
         finish=result.finish,
+        strategy=params.strategy,
+        diversity=params.diversity,
+        nodes=result.nodes,
+        backtracks=result.backtracks,
+        committed=result.committed,
         model=solver.name,
         task=task.name,
         request_id=result.request_id,
@@ -253,42 +257,32 @@ def _reason(e: Exception) -> str:
 
 async def _generate(body, request: Request, models: Models, settings: Settings, metrics: Metrics) -> GenerateResponse:
     start = time.perf_counter()
-    gen = models.generator(body.model)
-    slots = gen.slots
-    if not slots.acquire(blocking=False):
-        metrics.rejections.labels(gen.name, "generator_busy").inc()
-        raise ApiError(429, "overloaded", "the generator is busy; retry shortly", retry_after=1)
+    engine, method = _generator(models, body)
+    params = generation.grid_params(method, engine.defaults, body.temperature)
     timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
-    deadline = time.monotonic() + timeout
-    cancel = threading.Event()
-    sample = generation.model_sampler(gen.ckpt.model, settings.generate_batch)
 
-    def work():
-        try:
-            with gen.lock:
-                return generation.generate(
-                    gen.task,
-                    sample,
-                    body.count,
-                    body.kind,
-                    body.clues,
-                    body.seed,
-                    body.max_samples or settings.max_generate_samples,
-                    settings.generate_batch,
-                    deadline,
-                    cancel,
-                )
-        finally:
-            slots.release()
+    async def search(puzzle, p):
+        return await engine.facade.search(puzzle, p, request_id=request.state.request_id)
 
     try:
-        out = await asyncio.to_thread(work)
-    except asyncio.CancelledError:
-        cancel.set()
+        out = await generation.generate(
+            search,
+            engine.task,
+            params,
+            body.count,
+            body.kind,
+            body.clues,
+            body.seed,
+            body.max_samples or settings.max_generate_samples,
+            settings.generate_batch,
+            time.monotonic() + timeout,
+        )
+    except (Overloaded, TooLarge, EngineStopped) as e:
+        metrics.rejections.labels(engine.name, _reason(e)).inc()
         raise
-    metrics.gen_samples.labels(gen.name).inc(out.sampled)
-    metrics.gen_valid.labels(gen.name).inc(out.valid)
-    metrics.gen_items.labels(gen.name, body.kind).inc(len(out.items))
+    metrics.gen_samples.labels(engine.name).inc(out.sampled)
+    metrics.gen_valid.labels(engine.name).inc(out.valid)
+    metrics.gen_items.labels(engine.name, body.kind).inc(len(out.items))
     return GenerateResponse(
         items=out.items,
         complete=len(out.items) == body.count,
@@ -296,9 +290,28 @@ async def _generate(body, request: Request, models: Models, settings: Settings, 
         valid=out.valid,
         validity=out.valid / out.sampled if out.sampled else 0.0,
         distinct=out.distinct,
+        row_steps=out.row_steps,
+        method=method,
         kind=body.kind,
-        model=gen.name,
+        model=engine.name,
         seed=body.seed,
         request_id=request.state.request_id,
         timing_s=time.perf_counter() - start,
     )
+
+
+def _generator(models: Models, body) -> tuple[Solver, str]:
+    """The engine and method for /generate: `commit` on a fill-in solver, or `prior` on a GRAM generator."""
+    if body.model is not None:
+        found = models.generators.get(body.model) or models.solvers.get(body.model)
+        if found is None:
+            models.solver(body.model, None)  # raises the 404 naming what is loaded
+        method = body.method or ("prior" if found.role == "generator" else "commit")
+    else:
+        method = body.method or ("commit" if any(s.task.blank is not None for s in models.solvers.values()) else "prior")
+        found = models.generator(None) if method == "prior" else models.solver(None, body.task)
+    if method == "prior" and found.role != "generator":
+        raise ApiError(422, "invalid_request", f"method 'prior' needs a GRAM generator; {found.name!r} is a solver")
+    if method == "commit" and (found.role == "generator" or found.task.blank is None):
+        raise ApiError(422, "invalid_request", f"method 'commit' needs a fill-in solver; {found.name!r} is not one")
+    return found, method

@@ -1,29 +1,35 @@
-"""/generate's work, run in a worker thread: sample grids from a GRAM generator, keep the valid ones, and blank cells
-into puzzles whose unique solution the exact solver proves.
+"""/generate's work: complete grids decoded through the engine, like /solve, and puzzles carved from them.
 
-Sampling goes in rounds of at most `batch` grids; between rounds the deadline and the cancel flag are checked, and
-the next round is sized by the validity seen so far and by the time the deadline leaves at the pace so far. Round r
-draws `sample_grids(model, n, seed_r)` with seed_r = row_seed(seed, r), so the same request (seed, count, kind,
-clues, budget) gives the same items, unless its deadline cut a round short.
+Two methods, both requests on an engine (batched with other traffic, with its deadlines, cancellation and 429s):
+- `commit`: a commit search from the empty grid on a fill-in solver (SEARCH.md §3): each node commits the most certain
+  open cells, the branch cell's value sampled at a temperature, under the legal-value mask with backtracking, until a
+  row's answer or the filled grid is a valid grid.
+- `prior`: one prior sample of an unconditional GRAM generator from the blank board (PTRM_GRAM.md §4.10): a rollout
+  of K = 1 row.
+
+Grid i of a request draws with seed row_seed(seed, i), so the same request gives the same items; grids are drawn in
+rounds until `count` valid distinct ones are found, the sample budget is spent or the deadline passes.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 import kernels
-from engine.generate import sample_grids
+from engine.runtime import DeadlineExceeded, Overloaded, SearchResult
+from engine.search import SearchParams
 from engine.tasks import Task
-from engine.tasks.base import PAD
-from engine.tasks.sudoku import BLANK
 from engine.train.data import carve
 
 PUZZLE_TRIES = 8  # removal orders tried per grid before moving on to the next grid
+GRID_NODES = 256  # a grid may need a node per cell, plus backtracking
+
+Search = Callable[[np.ndarray, SearchParams], Awaitable[SearchResult]]
 
 
 @dataclass
@@ -32,18 +38,28 @@ class Outcome:
     sampled: int = 0
     valid: int = 0
     distinct: float = 0.0
+    row_steps: int = 0
 
 
-Sampler = Callable[[int, int], np.ndarray]  # (n, seed) -> [n, seq_len] tokens
+def grid_params(method: str, defaults: SearchParams, temperature: float) -> SearchParams:
+    """Search parameters that decode one grid from the empty board."""
+    if method == "prior":
+        return defaults.replace(rollouts=1, strategy="rollouts", diversity="none", selector="q", early_exit="off")
+    return defaults.replace(
+        rollouts=1,
+        strategy="commit",
+        diversity="augment",
+        temperature=temperature,
+        mask=True,
+        backtrack="dfs",
+        max_nodes=max(defaults.max_nodes, GRID_NODES),
+    )
 
 
-def model_sampler(model, batch: int) -> Sampler:
-    return lambda n, seed: sample_grids(model, n, seed, batch_size=batch)
-
-
-def generate(
+async def generate(
+    search: Search,
     task: Task,
-    sample: Sampler,
+    params: SearchParams,
     count: int,
     kind: str,
     clues: int,
@@ -51,38 +67,46 @@ def generate(
     max_samples: int,
     batch: int,
     deadline: float,
-    cancel: threading.Event,
 ) -> Outcome:
     out = Outcome()
     seen: set[bytes] = set()
     valid_grids: list[np.ndarray] = []
     rng = np.random.default_rng([seed, clues])
-    start = time.monotonic()
-    for r in range(max_samples):
-        now = time.monotonic()
-        if len(out.items) >= count or out.sampled >= max_samples or cancel.is_set() or now > deadline:
-            break
+    empty = np.full(task.seq_len, task.blank, np.int64)
+    while len(out.items) < count and out.sampled < max_samples and (left := deadline - time.monotonic()) > 0:
         need = count - len(out.items)
         rate = out.valid / out.sampled if out.sampled else 1.0
         n = min(batch, max_samples - out.sampled, max(need, int(np.ceil(need / max(rate, 0.05)))))
-        if out.sampled:  # a round cannot be interrupted: size it to what the deadline leaves, at the pace so far
-            per_sample = (now - start) / out.sampled
-            n = min(n, int((deadline - now) / per_sample))
-            if n < 1:
-                break
-        grids = np.asarray(sample(n, kernels.row_seed(seed, r)), dtype=np.int64)
-        ok = task.verify_batch(np.full_like(grids, BLANK), grids) & (grids != PAD).all(-1)
-        out.sampled += len(grids)
-        out.valid += int(ok.sum())
-        for grid in grids[ok]:
-            valid_grids.append(grid)
-            key = grid.tobytes()
-            if key in seen or len(out.items) >= count or cancel.is_set():
+        first = out.sampled
+        results = await asyncio.gather(
+            *(search(empty, params.replace(seed=kernels.row_seed(seed, first + i), timeout_s=left)) for i in range(n)),
+            return_exceptions=True,
+        )
+        refused = next((r for r in results if isinstance(r, Overloaded)), None)
+        for r in results:
+            if isinstance(r, (DeadlineExceeded, Overloaded)):
                 continue
-            item = _item(task, grid, kind, clues, rng)
+            if isinstance(r, BaseException):
+                raise r
+            out.sampled += 1
+            out.row_steps += r.row_steps
+            if not r.verified:
+                continue
+            out.valid += 1
+            valid_grids.append(r.answer)
+            key = r.answer.tobytes()
+            if key in seen or len(out.items) >= count:
+                continue
+            item = _item(task, r.answer, kind, clues, rng)
             if item is not None:
                 seen.add(key)
                 out.items.append(item)
+        if all(isinstance(r, Overloaded) for r in results):  # the engine admitted none of the round
+            if not out.items:
+                raise refused  # 429 with the engine's Retry-After
+            break
+        if out.sampled == first:  # the deadline cut every search of the round short
+            break
     if valid_grids:
         out.distinct = len({g.tobytes() for g in valid_grids}) / len(valid_grids)
     return out
@@ -98,7 +122,7 @@ def _item(task: Task, grid: np.ndarray, kind: str, clues: int, rng: np.random.Ge
     item.update(
         puzzle=task.to_text(puzzle),
         puzzle_grid=task.decode(puzzle),
-        clues=int((puzzle != BLANK).sum()),
+        clues=int((puzzle != task.blank).sum()),
         unique=True,
     )
     return item

@@ -96,7 +96,7 @@ class Metrics:
     def attach(self, models: Models) -> None:
         """Hook into each solver's engine: per-step batch stats and per-request latency from engine timestamps."""
         self.models = models
-        for s in models.solvers.values():
+        for s in models.all():
             self._hook(s)
 
     def _hook(self, s: Solver) -> None:
@@ -164,7 +164,7 @@ class _EngineCollector:
             labels=["model", "role", "task", "arch", "dtype", "device", "runner", "kernels"],
         )
         models = self.metrics.models
-        for s in models.solvers.values() if models else ():
+        for s in models.all() if models else ():
             eng = s.engine
             load = eng.scheduler.snapshot()
             for name, v in (
@@ -186,14 +186,9 @@ class _EngineCollector:
                 counters[name].add_metric([s.name], v)
             runner = eng.runner
             info.add_metric(
-                [s.name, "solver", s.task.name, s.ckpt.arch, s.ckpt.config.forward_dtype, str(runner.device)]
+                [s.name, s.role, s.task.name, s.ckpt.arch, s.ckpt.config.forward_dtype, str(runner.device)]
                 + [runner.mode, runner.kernels],
                 1,
-            )
-        for g in models.generators.values() if models else ():
-            device = str(next(g.ckpt.model.parameters()).device)
-            info.add_metric(
-                [g.name, "generator", g.task.name, g.ckpt.arch, g.ckpt.config.forward_dtype, device, "", ""], 1
             )
         yield from gauges.values()
         yield from counters.values()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ class Solver:
     engine: Engine
     facade: AsyncEngine
     defaults: SearchParams
+    role: str = "solver"  # or "generator": an unconditional GRAM, whose prior samples /generate draws
     started_at: float = field(default_factory=time.monotonic)
 
     def stalled_for(self) -> float:
@@ -52,18 +52,9 @@ class Solver:
 
 
 @dataclass
-class Generator:
-    name: str
-    ckpt: Checkpoint
-    task: Task
-    lock: threading.Lock = field(default_factory=threading.Lock)  # the model is used by one thread at a time
-    slots: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(5))  # running + waiting requests
-
-
-@dataclass
 class Models:
     solvers: dict[str, Solver] = field(default_factory=dict)
-    generators: dict[str, Generator] = field(default_factory=dict)
+    generators: dict[str, Solver] = field(default_factory=dict)  # each an engine too
 
     def solver(self, name: str | None, task: str | None) -> Solver:
         if name is not None:
@@ -75,7 +66,7 @@ class Models:
                 return s
         raise ModelNotFound(f"no solver for task {task!r}; loaded: {', '.join(self.solvers) or 'none'}")
 
-    def generator(self, name: str | None) -> Generator:
+    def generator(self, name: str | None) -> Solver:
         if not self.generators:
             raise ModelNotFound("no generator loaded (start engine-serve with a GRAM generator checkpoint)")
         if name is None:
@@ -84,7 +75,7 @@ class Models:
             raise ModelNotFound(f"no generator named {name!r}; loaded: {', '.join(self.generators)}")
         return self.generators[name]
 
-    def all(self) -> list[Solver | Generator]:
+    def all(self) -> list[Solver]:
         return [*self.solvers.values(), *self.generators.values()]
 
 
@@ -105,15 +96,14 @@ def load_models(settings: Settings) -> Models:
         ckpt = load_checkpoint(path, device, settings.dtype)
         name = _unique(Path(path).name, models)
         if is_generator(ckpt):
-            slots = threading.Semaphore(1 + settings.max_generate_waiting)
-            models.generators[name] = Generator(name, ckpt, get_task(ckpt.task), slots=slots)
+            models.generators[name] = build_solver(name, ckpt, settings, role="generator")
         else:
             models.solvers[name] = build_solver(name, ckpt, settings)
         log.info("loaded checkpoint", extra={"fields": {"model": name, "path": str(path), "arch": ckpt.arch}})
     return models
 
 
-def build_solver(name: str, ckpt: Checkpoint, s: Settings) -> Solver:
+def build_solver(name: str, ckpt: Checkpoint, s: Settings, role: str = "solver") -> Solver:
     runner = Runner(ckpt.model, max_batch=s.max_batch, static=s.static, cuda_graphs=s.cuda_graphs)
     limits = Limits(
         max_batch=s.max_batch,
@@ -127,7 +117,7 @@ def build_solver(name: str, ckpt: Checkpoint, s: Settings) -> Solver:
     engine = Engine(runner, task, limits)
     defaults = default_params(ckpt.task, ckpt.arch, ckpt.config.halt_max_steps, ckpt.meta.get("search"))
     defaults = defaults.replace(rollouts=min(defaults.rollouts, s.max_rollouts), steps=min(defaults.steps, s.max_steps))
-    solver = Solver(name, ckpt, task, engine, AsyncEngine(engine), defaults)
+    solver = Solver(name, ckpt, task, engine, AsyncEngine(engine), defaults, role)
     return solver
 
 
@@ -157,11 +147,11 @@ def scrub_paths(text: str, settings: Settings) -> str:
     return ABSOLUTE.sub(r"\1", text)
 
 
-def card(m: Solver | Generator, root: Path) -> dict:
+def card(m: Solver, root: Path) -> dict:
     ckpt = m.ckpt
     info = {
         "id": m.name,
-        "role": "solver" if isinstance(m, Solver) else "generator",
+        "role": m.role,
         "task": ckpt.task,
         "arch": ckpt.arch,
         "path": shown_path(ckpt.path, root),
@@ -169,19 +159,20 @@ def card(m: Solver | Generator, root: Path) -> dict:
         "dtype": ckpt.config.forward_dtype,
         "parameters": sum(p.numel() for p in ckpt.model.parameters()),
     }
-    if isinstance(m, Solver):
-        d = m.defaults
-        info.update(
-            runner=m.engine.runner.mode,
-            kernels=m.engine.runner.kernels,
-            defaults={
-                "rollouts": d.rollouts,
-                "steps": d.steps,
-                "noise": d.noise,
-                "selector": d.selector,
-                "seed": d.seed,
-                "early_exit": d.early_exit,
-                "selectors": sorted(m.engine.selectors),
-            },
-        )
+    d = m.defaults
+    info.update(
+        runner=m.engine.runner.mode,
+        kernels=m.engine.runner.kernels,
+        defaults={
+            "rollouts": d.rollouts,
+            "steps": d.steps,
+            "noise": d.noise,
+            "selector": d.selector,
+            "seed": d.seed,
+            "early_exit": d.early_exit,
+            "strategy": d.strategy,
+            "diversity": d.diversity,
+            "selectors": sorted(m.engine.selectors),
+        },
+    )
     return info

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.search.params import EARLY_EXIT, SELECTORS
+from engine.search.params import BACKTRACK, DIVERSITY, EARLY_EXIT, ORDERS, SELECTORS, STRATEGIES
 from server.settings import Settings
 
 Selector = Literal[SELECTORS]  # type: ignore[valid-type]
@@ -43,6 +43,21 @@ def build_requests(s: Settings) -> RequestModels:
         selector: Selector | None = Field(None, description="how one answer is chosen among the rollouts")
         seed: int | None = Field(None, ge=0, le=2**31 - 1, description="makes the rollouts' noise reproducible")
         early_exit: EarlyExit | None = Field(None, description="stop once a row's answer verifies (or is confident)")
+        strategy: Literal[STRATEGIES] | None = Field(  # type: ignore[valid-type]
+            None, description="rollouts (K rows, one selected) or commit (commit certain cells, branch, backtrack)"
+        )
+        diversity: Literal[DIVERSITY] | None = Field(  # type: ignore[valid-type]
+            None, description="what makes the rows differ: PTRM noise, a random symmetry per row, both, none"
+        )
+        max_nodes: int | None = Field(None, ge=1, le=s.max_nodes, description="commit: nodes expanded at most")
+        max_row_steps: int | None = Field(
+            None, ge=1, le=s.max_rollouts * s.max_steps * s.max_nodes, description="commit: row-steps at most"
+        )
+        threshold: float | None = Field(None, gt=0, le=1, description="commit: cells at least this certain")
+        width: int | None = Field(None, ge=1, le=64, description="commit: values tried per branch (default all)")
+        order: Literal[ORDERS] | None = Field(None, description="commit: most certain cell by margin or max")  # type: ignore[valid-type]
+        mask: bool | None = Field(None, description="commit: the rules' legal-value mask")
+        backtrack: Literal[BACKTRACK] | None = Field(None, description="commit: at a dead end")  # type: ignore[valid-type]
 
     class SolveRequest(Strict):
         puzzle: Puzzle = Field(description=PUZZLE_DOC, examples=[SUDOKU_EXAMPLE])
@@ -65,6 +80,12 @@ def build_requests(s: Settings) -> RequestModels:
             le=s.max_generate_samples,
             description=f"generator samples this request may draw; default {s.max_generate_samples}",
         )
+        method: Literal["commit", "prior"] | None = Field(
+            None,
+            description="commit: decode cell by cell from the empty grid on a solver (default); "
+            "prior: one-shot samples of a GRAM generator",
+        )
+        temperature: float = Field(1.0, ge=0, le=10, description="commit: sampling temperature of committed values")
         model: str | None = Field(None, max_length=256)
         timeout_s: float | None = Field(None, gt=0, le=s.max_timeout_s)
 
@@ -88,8 +109,15 @@ class SolveResponse(BaseModel):
     selector: str = Field(description="the selector that chose (early_exit when a row verified first)")
     rollouts: int = Field(description="rollouts that ran at least one step")
     steps: int = Field(description="the most supervision steps any rollout ran")
-    row_steps: int = Field(description="supervision steps summed over rollouts")
-    finish: str
+    row_steps: int = Field(description="supervision steps summed over rollouts (and commit-search nodes)")
+    finish: str = Field(
+        description="rollouts: completed | early_exit; commit: verified | filled | budget | exhausted | dead_end"
+    )
+    strategy: str
+    diversity: str
+    nodes: int = Field(0, description="commit: nodes expanded")
+    backtracks: int = Field(0, description="commit: returns to an earlier choice")
+    committed: int = Field(0, description="commit: cells committed beyond the givens in the last node")
     model: str
     task: str
     request_id: str
@@ -112,10 +140,12 @@ class GenerateResponse(BaseModel):
         description="as many items as asked for (false: the sample budget or the deadline ran out first; what was "
         "found is returned)"
     )
-    sampled: int = Field(description="grids drawn from the generator for this request")
+    sampled: int = Field(description="grids decoded for this request")
     valid: int = Field(description="of which valid complete grids")
     validity: float = Field(description="valid / sampled: the generator's raw validity")
     distinct: float = Field(description="share of distinct grids among the valid samples")
+    row_steps: int = Field(description="model supervision steps (summed over rows) spent on this request")
+    method: str
     kind: str
     model: str
     seed: int

@@ -45,15 +45,15 @@ class Settings(BaseSettings):
     # per-request limits, shown in the OpenAPI schema
     max_rollouts: int = Field(64, ge=1)
     max_steps: int = Field(64, ge=1)
+    max_nodes: int = Field(256, ge=1)  # commit search: nodes one request may expand
     max_timeout_s: float = Field(300.0, gt=0)
     default_timeout_s: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(64 * 1024, ge=256)
 
     # /generate
     max_generate_count: int = Field(64, ge=1)
-    max_generate_samples: int = Field(2048, ge=1)  # samples one request may draw to find valid grids
-    generate_batch: int = Field(64, ge=1)  # samples per generator call (deadline and cancel are checked between)
-    max_generate_waiting: int = Field(4, ge=0)  # requests waiting for the generator beyond the running one
+    max_generate_samples: int = Field(256, ge=1)  # grids one request may decode to find valid distinct ones
+    generate_batch: int = Field(64, ge=1)  # grids one /generate request decodes at once (a round)
 
     drain_timeout_s: float = Field(30.0, ge=0)
     idle_timeout_s: float = Field(5.0, gt=0)  # a connection with no request (or headers still coming) is closed

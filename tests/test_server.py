@@ -27,12 +27,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.checkpoint import save_checkpoint
 from engine.models import GRAM, TRM, preset
-from engine.runtime import EngineStopped, Request
+from engine.runtime import EngineStopped, Overloaded, Request
 from engine.search import SearchParams
 from engine.tasks import get_task
 from engine.tasks.sudoku_solver import count_solutions
 from engine.train.data import random_grids
-from server import generation
 from server.app import create_app
 from server.logs import JsonFormatter, request_id
 from server.main import parse
@@ -393,55 +392,40 @@ def test_two_apps_keep_separate_registries(ckpt_dir):
 
 
 @pytest.fixture
-def fake_sampler(monkeypatch):
-    """sample_grids -> every third sample a valid grid (from the exact solver), the rest a broken copy; seeded."""
-    calls = []
-
-    def sample(model, n, seed, batch_size=256, **kw):
-        calls.append(n)
-        grids = random_grids(n, np.random.default_rng(seed)).astype(np.int64)
-        broken = np.arange(n) % 3 != 0
-        grids[broken, 0] = grids[broken, 1]  # a duplicate in row 1
-        return grids
-
-    monkeypatch.setattr(generation, "sample_grids", sample)
-    return calls
-
-
-@pytest.fixture
 def gen_client(ckpt_dir, gen_dir):
     with TestClient(app_for(ckpt_dir, gen_dir)) as c:
         wait_ready(c)
         yield c
 
 
-def test_generate_without_a_generator_is_404(client):
-    r = client.post("/generate", json={"count": 1})
+def test_prior_generation_without_a_generator_is_404(client):
+    r = client.post("/generate", json={"count": 1, "method": "prior"})
     assert r.status_code == 404 and "no generator loaded" in error_of(r)["message"]
 
 
-def test_generate_grids_returns_only_verified_grids_and_reports_raw_validity(gen_client, fake_sampler):
-    r = gen_client.post("/generate", json={"count": 4, "kind": "grid", "seed": 3})
+def test_generate_grids_by_commit_decoding_through_the_engine(client):
+    """A random tiny TRM: the legal mask and backtracking still make every served grid valid; seeded."""
+    r = client.post("/generate", json={"count": 3, "kind": "grid", "seed": 3})
     assert r.status_code == 200
     body = r.json()
-    assert body["complete"] and len(body["items"]) == 4 and body["model"] == "tiny-gen"
+    assert body["complete"] and len(body["items"]) == 3 and body["method"] == "commit" and body["model"] == "tiny"
+    texts = [i["text"] for i in body["items"]]
+    assert len(set(texts)) == 3
     for item in body["items"]:
         tokens = SUDOKU.encode(item["grid"])
         assert item["valid"] and SUDOKU.verify(np.ones(81, np.int64), tokens) and SUDOKU.to_text(tokens) == item["text"]
-    assert body["sampled"] > 4 and body["valid"] >= 4  # it had to sample more to find 4 valid grids
-    assert body["sampled"] == sum(fake_sampler) and body["valid"] == sum((n + 2) // 3 for n in fake_sampler)
-    assert body["validity"] == pytest.approx(body["valid"] / body["sampled"])
-    again = gen_client.post("/generate", json={"count": 4, "kind": "grid", "seed": 3}).json()
-    assert [i["text"] for i in again["items"]] == [i["text"] for i in body["items"]]
-    other = gen_client.post("/generate", json={"count": 4, "kind": "grid", "seed": 4}).json()
-    assert [i["text"] for i in other["items"]] != [i["text"] for i in body["items"]]
-    text = gen_client.get("/metrics").text
-    assert metric(text, "trm_generate_items_total", model="tiny-gen", kind="grid") == 12
-    assert metric(text, "trm_model_info", model="tiny-gen", role="generator") == 1
+    assert body["row_steps"] > 0 and body["sampled"] >= 3 and body["validity"] == body["valid"] / body["sampled"]
+    again = client.post("/generate", json={"count": 3, "kind": "grid", "seed": 3}).json()
+    assert [i["text"] for i in again["items"]] == texts
+    other = client.post("/generate", json={"count": 3, "kind": "grid", "seed": 4}).json()
+    assert [i["text"] for i in other["items"]] != texts
+    text = client.get("/metrics").text
+    assert metric(text, "trm_generate_items_total", model="tiny", kind="grid") == 9
+    assert metric(text, "trm_supervision_steps_total", model="tiny") >= body["row_steps"]  # it ran on the engine
 
 
-def test_generate_puzzles_have_the_clue_count_and_a_proven_unique_solution(gen_client, fake_sampler):
-    body = gen_client.post("/generate", json={"count": 2, "kind": "puzzle", "clues": 30, "seed": 1}).json()
+def test_generate_puzzles_have_the_clue_count_and_a_proven_unique_solution(client):
+    body = client.post("/generate", json={"count": 2, "kind": "puzzle", "clues": 30, "seed": 1}).json()
     assert body["complete"] and len(body["items"]) == 2
     for item in body["items"]:
         puzzle = SUDOKU.encode(item["puzzle"])
@@ -451,39 +435,59 @@ def test_generate_puzzles_have_the_clue_count_and_a_proven_unique_solution(gen_c
         assert SUDOKU.decode(puzzle) == item["puzzle_grid"]
 
 
-def test_generate_with_a_real_random_generator_stays_within_its_budget(gen_client):
-    r = gen_client.post("/generate", json={"count": 2, "max_samples": 20, "seed": 0})
+def test_prior_samples_of_a_random_generator_stay_within_the_budget(gen_client):
+    r = gen_client.post("/generate", json={"count": 2, "max_samples": 20, "seed": 0, "method": "prior"})
     body = r.json()
-    assert r.status_code == 200 and body["sampled"] == 20  # a random GRAM: nothing valid, budget spent
-    assert body["items"] == [] and not body["complete"] and body["validity"] == 0
+    assert r.status_code == 200 and body["sampled"] == 20 and body["model"] == "tiny-gen"  # nothing valid
+    assert body["items"] == [] and not body["complete"] and body["validity"] == 0 and body["method"] == "prior"
+    text = gen_client.get("/metrics").text
+    assert metric(text, "trm_model_info", model="tiny-gen", role="generator") == 1
     r = gen_client.post("/generate", json={"count": 1, "kind": "puzzle", "clues": 16})
     assert r.status_code == 422 and "clues" in error_of(r)["message"]
+    r = gen_client.post("/generate", json={"count": 1, "method": "prior", "model": "tiny"})
+    assert r.status_code == 422 and "GRAM generator" in error_of(r)["message"]
 
 
-def test_generate_stops_at_its_deadline_with_what_it_found(gen_client, monkeypatch):
-    def slow_and_wrong(model, n, seed, batch_size=256, **kw):
-        time.sleep(0.05 * n)
-        return np.full((n, 81), 2, dtype=np.int64)  # all 1s: never valid
+def test_generate_stops_at_its_deadline_with_what_it_found(client):
+    eng = solver(client).engine
+    run = eng.runner.run
 
-    monkeypatch.setattr(generation, "sample_grids", slow_and_wrong)
-    start = time.monotonic()
-    body = gen_client.post("/generate", json={"count": 2, "timeout_s": 0.5}).json()
-    assert time.monotonic() - start < 2.0  # rounds are sized to the time left, not to the 64-sample budget
-    assert body["items"] == [] and not body["complete"] and 2 <= body["sampled"] < 64 and body["valid"] == 0
+    def slow(batch):
+        time.sleep(0.05)
+        return run(batch)
 
-
-def test_generator_busy_is_429(gen_client, fake_sampler):
-    gen = next(iter(gen_client.app.state.models.generators.values()))
-    taken = 0
-    while gen.slots.acquire(blocking=False):
-        taken += 1
+    eng.runner.run = slow
     try:
-        r = gen_client.post("/generate", json={"count": 1})
-        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        start = time.monotonic()
+        r = client.post("/generate", json={"count": 4, "timeout_s": 0.5})
+        assert time.monotonic() - start < 3.0
+        body = r.json()
+        assert r.status_code == 200 and not body["complete"] and len(body["items"]) < 4
     finally:
-        for _ in range(taken):
-            gen.slots.release()
-    assert gen_client.post("/generate", json={"count": 1}).status_code == 200
+        eng.runner.run = run
+
+
+def test_generate_on_a_full_engine_is_429(client):
+    eng = solver(client).engine
+    release, run = threading.Event(), eng.runner.run
+
+    def blocked(batch):
+        release.wait(10)
+        return run(batch)
+
+    eng.runner.run = blocked
+    try:
+        hold = []
+        with pytest.raises(Overloaded):  # fill the engine's queue to its limit
+            while True:
+                hold.append(eng.submit(Request(SUDOKU, np.ones(81, np.int64), SearchParams(rollouts=4, steps=4))))
+        r = client.post("/generate", json={"count": 1})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    finally:
+        release.set()
+        eng.runner.run = run
+    for h in hold:
+        h.future.result(timeout=30)
 
 
 # -- settings, logs, CLI, Docker ---------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ class Request:
     future: Future = field(default_factory=Future)
 
     def __post_init__(self):
-        K, L = self.params.rollouts, len(self.puzzle)
+        K = self.params.rollouts
         self.slot = np.full(K, -1, dtype=np.int64)  # carry slot in the runner's pool; -1: none
         self.history: dict[int, Rows] = {}
         self.started: float | None = None
@@ -118,7 +118,7 @@ class Request:
 
         Node n's rows take the noise streams n*K..n*K+K-1 of the request's seed, so node 0 is exactly the rollouts of
         the puzzle. With `augment`, row r runs on its own random symmetry of the grid (row 0: the identity), and its
-        answer and distribution are mapped back (`unmap`)."""
+        answer and distribution are mapped back (`unmap`); when sampling (temperature > 0) row 0 too."""
         K, L, p = self.params.rollouts, len(self.puzzle), self.params
         self.node += 1
         self.seeds = np.array(row_seeds(p.seed, range(self.node * K, (self.node + 1) * K)), dtype=np.int64)
@@ -131,8 +131,10 @@ class Request:
         self.sym: Symmetry | None = None
         self.inputs = np.broadcast_to(grid, (K, L))
         if p.augmented:
-            syms = [Symmetry.identity(L, self.task.vocab_size)]
-            for r in range(1, K):
+            # Row 0 keeps the puzzle's frame when solving; sampling (temperature > 0) wants every row random.
+            first = 0 if p.temperature > 0 else 1
+            syms = [Symmetry.identity(L, self.task.vocab_size)] * first
+            for r in range(first, K):
                 sym = self.task.symmetry(np.random.default_rng([p.seed, self.node, r]))
                 if sym is None:
                     raise ValueError(f"diversity {p.diversity!r} needs task symmetries; {self.task.name} has none")

@@ -29,8 +29,8 @@ class Symmetry:
 
     def apply_probs(self, p: np.ndarray) -> np.ndarray:
         """Per-cell distributions [..., L, V]: out[i, tokens[v]] = p[cells[i], v]."""
-        moved = np.take_along_axis(p, self.cells[..., :, None], axis=-2)
-        return np.take_along_axis(moved, np.broadcast_to(self.inverse.tokens[..., None, :], moved.shape), axis=-1)
+        moved = np.take_along_axis(p, np.broadcast_to(self.cells[..., :, None], p.shape), axis=-2)
+        return np.take_along_axis(moved, np.broadcast_to(self.inverse.tokens[..., None, :], p.shape), axis=-1)
 
     @staticmethod
     def identity(seq_len: int, vocab_size: int, batch: tuple[int, ...] = ()) -> Symmetry:

@@ -1,0 +1,165 @@
+"""Row diversity by task symmetries, the legal-value mask, and commit search (decisions on made-up distributions,
+backtracking, budgets, the uniform baseline), alone and through the engine."""
+
+import numpy as np
+import pytest
+import torch
+
+from engine.models import TRM, preset
+from engine.runtime import Engine, Limits, Request, Runner
+from engine.search import SearchParams
+from engine.search.commit import CommitSearch, Final
+from engine.tasks import get_task
+from engine.tasks.sudoku_solver import count_solutions
+from engine.train.data import generate_puzzles, random_grids
+
+SUDOKU = get_task("sudoku")
+PUZZLE = SUDOKU.encode("53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79")
+
+
+@pytest.mark.parametrize("name", ["sudoku", "maze", "nqueens", "nqueens-10"])
+def test_symmetries_round_trip_tokens_and_distributions(name):
+    task, rng = get_task(name), np.random.default_rng(0)
+    for _ in range(5):
+        sym = task.symmetry(rng)
+        x = rng.integers(0, task.vocab_size, task.seq_len)
+        assert (sym.inverse.apply(sym.apply(x)) == x).all()
+        p = rng.random((task.seq_len, task.vocab_size))
+        assert np.allclose(sym.inverse.apply_probs(sym.apply_probs(p)), p)
+        onehot = np.eye(task.vocab_size)[x]  # a distribution moves like its tokens
+        assert (sym.apply_probs(onehot).argmax(-1) == sym.apply(x)).all()
+
+
+def test_sudoku_symmetries_map_solutions_to_solutions():
+    grids = random_grids(4, np.random.default_rng(1)).astype(np.int64)
+    for grid in grids:
+        sym = SUDOKU.symmetry(np.random.default_rng(int(grid[0])))
+        puzzle = grid.copy()
+        puzzle[::3] = 1
+        image = sym.apply(puzzle)
+        assert SUDOKU.verify(image, sym.apply(grid))  # the transformed answer solves the transformed puzzle
+        assert (sym.inverse.apply(sym.apply(grid)) == grid).all()
+
+
+def test_legal_mask_on_a_constructed_grid():
+    grid = np.ones(81, np.int64)
+    grid[0] = 6  # digit 5 at row 1, column 1
+    grid[80] = 2  # digit 1 at row 9, column 9
+    legal = SUDOKU.legal(grid)
+    assert legal[0].tolist() == [i == 6 for i in range(11)]  # a filled cell: only its own value
+    assert not legal[8, 6] and not legal[72, 6] and not legal[10, 6]  # row, column and box peers lose 5
+    assert legal[40, 6] and legal[40, 2]  # the centre is free of both
+    assert not legal[79, 2] and legal[79, 6]
+    assert not legal[:, :2].any()
+
+
+class Stub:
+    """Rows that always answer `answer` with made-up per-cell distributions (one-hot on `belief`, softened)."""
+
+    def __init__(self, belief: np.ndarray, sure: float):
+        self.belief, self.sure = belief, sure
+
+    def rows(self, grid, k=2):
+        p = np.full((81, 11), (1 - self.sure) / 8)
+        p[:, :2] = 0
+        p[np.arange(81), self.belief] = self.sure
+        answers = np.broadcast_to(self.belief, (k, 81)).copy()
+        return answers, np.broadcast_to(p, (k, 81, 11)).copy(), np.zeros(k), np.zeros(k, bool)
+
+
+def _solve(puzzle, belief, sure, **params):
+    search = CommitSearch(SUDOKU, puzzle, SearchParams(rollouts=2, steps=1, strategy="commit", **params))
+    stub, step = Stub(belief, sure), search.start()
+    while not isinstance(step, Final):
+        step = search.expanded(*stub.rows(step))
+    return search, step
+
+
+def test_commit_takes_every_sure_cell_and_fills_a_valid_grid():
+    puzzles, solutions = generate_puzzles(1, np.random.default_rng(2), clues=(24, 26))
+    puzzle, solution = puzzles[0].astype(np.int64), solutions[0].astype(np.int64)
+    search, final = _solve(puzzle, solution, sure=0.95)
+    assert final.finish == "filled" and (final.answer == solution).all() and search.nodes == 1
+
+
+def test_branching_and_backtracking_out_of_a_wrong_belief():
+    puzzles, solutions = generate_puzzles(1, np.random.default_rng(3), clues=(22, 26), min_guesses=5)
+    puzzle, solution = puzzles[0].astype(np.int64), solutions[0].astype(np.int64)
+    other = random_grids(1, np.random.default_rng(7))[0].astype(np.int64)  # a valid grid, but not the solution
+    search, final = _solve(puzzle, other, sure=0.95)  # confident and mostly wrong: commits, dead ends, backtracks
+    assert final.finish == "filled" and (final.answer == solution).all()  # unique puzzle: the filled grid solves it
+    assert search.backtracks > 0 and search.nodes > 1
+
+
+def test_budget_exhaustion_answers_the_best_candidate_unverified():
+    puzzles, solutions = generate_puzzles(1, np.random.default_rng(4), clues=(24, 26))
+    puzzle = puzzles[0].astype(np.int64)
+    bad = np.full(81, 2, np.int64)  # believes every cell is a 1: branches and dead ends
+    search, final = _solve(puzzle, bad, sure=0.3, max_nodes=3)
+    assert final.finish == "budget" and search.nodes == 3 and not SUDOKU.verify(puzzle, final.answer)
+
+
+def test_a_dead_end_puzzle_exhausts_and_backtrack_off_stops():
+    puzzle = SUDOKU.encode("12345678." + "........9" + "." * 63)  # row 1, column 9 has no candidate
+    assert count_solutions(puzzle, 2) == 0
+    search = CommitSearch(SUDOKU, puzzle, SearchParams(strategy="commit"))
+    assert isinstance(search.start(), Final) and search.start().finish == "dead_end"
+
+
+def test_uniform_policy_solves_by_search_alone():
+    puzzles, solutions = generate_puzzles(1, np.random.default_rng(5), clues=(28, 30))
+    params = SearchParams(strategy="commit", policy="uniform", max_nodes=10_000)
+    final = CommitSearch(SUDOKU, puzzles[0].astype(np.int64), params).uniform()
+    assert final.finish == "filled" and (final.answer == solutions[0]).all()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    model = TRM(preset("sudoku-tiny"))
+    return Engine(Runner(model, max_batch=16), SUDOKU, Limits(max_batch=16))
+
+
+def _run(engine, *requests):
+    for r in requests:
+        engine.submit(r)
+    engine.run_until_idle()
+    return [r.future.result() for r in requests]
+
+
+def test_commit_search_through_the_engine_is_deterministic_alone_and_batched(engine):
+    params = SearchParams(rollouts=3, steps=2, strategy="commit", diversity="augment", max_nodes=200, seed=4)
+    alone = _run(engine, Request(SUDOKU, PUZZLE, params))[0]
+    others = [Request(SUDOKU, PUZZLE, params.replace(seed=s, strategy="rollouts")) for s in range(3)]
+    mixed = _run(engine, *others[:2], Request(SUDOKU, PUZZLE, params), others[2])[2]
+    assert (alone.answer == mixed.answer).all() and alone.nodes == mixed.nodes and alone.row_steps == mixed.row_steps
+    assert alone.verified and alone.finish in ("verified", "filled")  # the mask plus DFS completes even a random net
+    assert alone.row_steps == alone.nodes * 3 * 2 or alone.finish == "verified"
+
+
+def test_generation_is_commit_search_from_the_empty_grid(engine):
+    empty = np.ones(81, np.int64)
+    params = SearchParams(rollouts=1, steps=1, strategy="commit", diversity="augment", temperature=1.0, max_nodes=400)
+    a, b = _run(engine, Request(SUDOKU, empty, params.replace(seed=1)), Request(SUDOKU, empty, params.replace(seed=2)))
+    assert a.verified and b.verified and (a.answer != b.answer).any()
+    again = _run(engine, Request(SUDOKU, empty, params.replace(seed=1)))[0]
+    assert (again.answer == a.answer).all()
+
+
+def test_rollouts_with_noise_diversity_are_unchanged(engine):
+    """diversity 'noise' is today's PTRM: the same answers as the plain model loop with the same seeds."""
+    from engine.search import run_rollouts
+
+    params = SearchParams(rollouts=4, steps=3, noise=0.3, seed=9)
+    got = _run(engine, Request(SUDOKU, PUZZLE, params))[0]
+    ref = run_rollouts(engine.runner.model, PUZZLE, params)
+    assert (got.rows.answers == ref["answers"]).all()
+
+
+def test_augment_needs_symmetries_and_commit_needs_a_fill_in_task():
+    arc = get_task("arc")
+    with pytest.raises(ValueError, match="symmetries"):
+        Request(arc, np.zeros(arc.seq_len, np.int64), SearchParams(rollouts=2, diversity="augment"))
+    maze = get_task("maze")
+    with pytest.raises(ValueError, match="fill-in"):
+        Request(maze, np.zeros(maze.seq_len, np.int64), SearchParams(strategy="commit"))
