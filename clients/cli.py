@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--selector")
     s.add_argument("--seed", type=int)
     s.add_argument("--early-exit", choices=["off", "verified", "confident"])
+    s.add_argument("--strategy", choices=["rollouts", "commit"])
+    s.add_argument("--diversity", choices=["noise", "augment", "both", "none"])
+    s.add_argument("--max-nodes", type=int, help="commit search: nodes expanded at most")
     s.add_argument("--timeout-s", type=float, help="the server-side deadline")
 
     g = sub.add_parser("generate", help="sample grids or puzzles from the GRAM generator")
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--clues", type=int)
     g.add_argument("--seed", type=int)
     g.add_argument("--model")
+    g.add_argument("--method", choices=["commit", "prior"])
 
     sub.add_parser("models", help="list the loaded models")
     args = p.parse_args(argv)
@@ -97,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
                     selector=args.selector,
                     seed=args.seed,
                     early_exit=args.early_exit,
+                    strategy=args.strategy,
+                    diversity=args.diversity,
+                    max_nodes=args.max_nodes,
                 )
                 if args.json:
                     print(json.dumps(res.raw, indent=2))
@@ -107,8 +114,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"verified: {verdict}")
                 print(f"confidence {res.confidence:.3f}, agreement {res.agreement:.2f} ({res.selector})")
                 print(f"{res.rollouts} rollouts x {res.steps} steps on {res.model}, {res.timing['total_s']:.3f} s")
+                if r.get("strategy") == "commit":
+                    print(f"commit search: {r['nodes']} nodes, {r['backtracks']} backtracks, {r['row_steps']} row-steps")
             elif args.command == "generate":
-                res = client.generate(args.count, args.kind, args.clues, args.seed, model=args.model)
+                res = client.generate(args.count, args.kind, args.clues, args.seed, model=args.model, method=args.method)
                 if args.json:
                     print(json.dumps(res.raw, indent=2))
                     return

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import kernels
 from engine.checkpoint import CheckpointError, load_checkpoint
+from engine.generate import generation_report, grid_params
 from engine.machine import describe
 from engine.runtime import Engine, Limits, Request, Runner, SearchResult
 from engine.search import SELECTORS, Rows, SearchParams, default_params, select
@@ -216,7 +218,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--puzzles", help="puzzle file, one per line")
     p.add_argument(
-        "--generate", type=int, metavar="N", help="GRAM generator: draw N grids, report validity and distinct share"
+        "--generate",
+        type=int,
+        metavar="N",
+        help="decode N grids from the empty board (commit on a solver, prior on a GRAM generator): validity, "
+        "distinct share, diversity, row-steps per grid",
     )
     p.add_argument("--solutions", help="solutions file, one per puzzle line (else the rule verifier judges)")
     p.add_argument("--counts", help="file of solution counts per puzzle: report validity and coverage")
@@ -242,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--no-mask", dest="mask", action="store_false", default=None, help="no legal-value mask")
     c.add_argument("--backtrack", choices=BACKTRACK)
     c.add_argument("--policy", choices=POLICIES, help="uniform: the network replaced by legal values at random")
+    c.add_argument("--temperature", type=float, default=1.0, help="--generate: sampling temperature of values")
     s.add_argument(
         "--likelihood",
         action="store_true",
@@ -385,20 +392,44 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
-    """`--generate N`: raw validity and distinct share of N samples from a GRAM generator (PTRM_GRAM.md §4.10)."""
-    from engine.generate import generation_report, sample_grids
-
-    if ckpt.arch != "gram":
-        raise SystemExit(f"engine-eval: --generate needs a GRAM generator; {args.checkpoint} is {ckpt.arch}")
+    """`--generate N`: N grids decoded from the empty board through the engine, as /generate does: `commit` decoding
+    on a fill-in solver, or one prior sample of a GRAM generator (`prior`). With --no-mask --backtrack off the
+    validity is the raw one: what the model knows, no rule help and no second tries."""
+    method = "prior" if getattr(ckpt.config, "unconditional", False) else "commit"
+    if method == "commit" and task.blank is None:
+        raise SystemExit(f"engine-eval: --generate needs a fill-in solver or a GRAM generator; {task.name} is neither")
+    defaults = default_params(task.name, ckpt.arch, ckpt.config.halt_max_steps, ckpt.meta.get("search"))
+    params = grid_params(method, defaults, args.temperature)
+    flags = dict(steps=args.steps, rollouts=args.rollouts, max_nodes=args.max_nodes, threshold=args.threshold)
+    if method == "commit":
+        flags.update(mask=args.mask, backtrack=args.backtrack, order=args.order, diversity=args.diversity)
+    params = params.replace(**{k: v for k, v in flags.items() if v is not None})
     seed = args.seed or 0
+    runner = Runner(ckpt.model, max_batch=args.batch_size)
+    engine = Engine(runner, task, Limits(args.batch_size, args.generate, args.generate * params.rollouts))
+    empty = np.full(task.seq_len, task.blank if task.blank is not None else 1, np.int64)
     start = time.perf_counter()
-    samples = sample_grids(ckpt.model, args.generate, seed, args.steps, args.batch_size, args.device)
+    requests = [
+        engine.submit(Request(task, empty, params.replace(seed=kernels.row_seed(seed, i)))) for i in range(args.generate)
+    ]
+    with tqdm(total=len(requests), desc="generate", unit="grid", leave=False) as bar:
+        while engine.busy:
+            engine.step()
+            bar.update(engine.stats.requests_finished - bar.n)
+    results = [r.future.result() for r in requests]
     wall = time.perf_counter() - start
-    result = generation_report(task, samples)
+    samples = np.stack([r.answer for r in results])
+    result = {"method": method, **generation_report(task, samples)}
+    valid = samples[task.verify_batch(np.broadcast_to(empty, samples.shape), samples)]
+    result.update(diversity_report(valid) if task.name == "sudoku" and len(valid) > 1 else {})
     result.update(
+        row_steps_per_grid=round(sum(r.row_steps for r in results) / len(results), 1),
+        nodes_per_grid=round(float(np.mean([r.nodes for r in results])), 1),
         checkpoint=str(args.checkpoint),
         seed=seed,
-        steps=args.steps or ckpt.config.halt_max_steps,
+        rollouts=params.rollouts,
+        steps=params.steps,
+        **(dict(mask=params.mask, backtrack=params.backtrack, temperature=params.temperature) if method == "commit" else {}),
         device=args.device,
         wall_seconds=round(wall, 3),
         samples_per_second=round(args.generate / wall, 2),
@@ -407,6 +438,17 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
     _print(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def diversity_report(grids: np.ndarray) -> dict:
+    """How varied valid Sudoku grids are: the largest deviation of a cell's digit frequency from 1/9, and the most
+    cells any two grids share."""
+    digits = np.asarray(grids) - 2
+    freq = np.stack([(digits == d).mean(0) for d in range(9)])  # [9, 81]
+    onehot = np.eye(9, dtype=np.int32)[digits].reshape(len(grids), -1)
+    shared = onehot @ onehot.T
+    np.fill_diagonal(shared, 0)
+    return {"digit_frequency_max_deviation": float(np.abs(freq - 1 / 9).max()), "max_shared_cells": int(shared.max())}
 
 
 def _print(result: dict) -> None:

@@ -1,4 +1,5 @@
-"""Unconditional generation with a GRAM generator (PTRM_GRAM.md §4.10): prior samples from an all-blank board.
+"""Generation: the search parameters that decode one grid from the empty board on the engine (`grid_params`), and
+unconditional GRAM prior samples in plain batches (PTRM_GRAM.md §4.10), which the trainer's evaluation uses.
 
 Each sample is one prior trajectory of N_sup supervision steps from the fixed z_0, decoded by argmax; diversity comes
 only from the noise. Noise is counter-based per sample (`kernels.row_seed(seed, i)`), so sample i of a seed is the
@@ -12,9 +13,32 @@ import torch
 
 import kernels
 from engine.models.gram import GRAM, counter_noise
+from engine.search import SearchParams
 from engine.tasks import Task
 from engine.tasks.base import PAD
 from engine.tasks.sudoku import FULL
+
+GRID_NODES = 256  # a grid may need a node per cell, plus backtracking
+GRID_STEPS = 2  # supervision steps per node: each node asks an easy question (measured in the generator's CARD)
+
+
+def grid_params(method: str, defaults: SearchParams, temperature: float) -> SearchParams:
+    """Search parameters that decode one grid from the empty board. `commit`: one row, one sampled cell per node
+    (threshold 1: only what the model is certain of, or the mask forces, is committed beside it), the legal mask
+    and backtracking on; a row whose answer is already a valid grid ends it."""
+    if method == "prior":
+        return defaults.replace(rollouts=1, strategy="rollouts", diversity="none", selector="q", early_exit="off")
+    return defaults.replace(
+        rollouts=1,
+        steps=GRID_STEPS,
+        threshold=1.0,
+        strategy="commit",
+        diversity="augment",
+        temperature=temperature,
+        mask=True,
+        backtrack="dfs",
+        max_nodes=max(defaults.max_nodes, GRID_NODES),
+    )
 
 
 @torch.no_grad()

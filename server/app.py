@@ -15,13 +15,14 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from engine.generate import grid_params
 from engine.runtime import EngineStopped, Overloaded, TooLarge
 from engine.tasks.solvable import no_solution
 from server import generation
 from server.errors import ApiError, ClientDisconnected, install
 from server.metrics import CONTENT_TYPE, Metrics
 from server.middleware import RequestContext
-from server.models import Models, Solver, card, load_models, scrub_paths
+from server.models import Models, ModelNotFound, Solver, card, generation_method, load_models, scrub_paths
 from server.schemas import ErrorResponse, GenerateResponse, ModelList, SolveResponse, build_requests
 from server.settings import Settings
 from server.shutdown import Drain, drain
@@ -258,7 +259,7 @@ def _reason(e: Exception) -> str:
 async def _generate(body, request: Request, models: Models, settings: Settings, metrics: Metrics) -> GenerateResponse:
     start = time.perf_counter()
     engine, method = _generator(models, body)
-    params = generation.grid_params(method, engine.defaults, body.temperature)
+    params = grid_params(method, engine.defaults, body.temperature)
     timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
 
     async def search(puzzle, p):
@@ -301,17 +302,19 @@ async def _generate(body, request: Request, models: Models, settings: Settings, 
 
 
 def _generator(models: Models, body) -> tuple[Solver, str]:
-    """The engine and method for /generate: `commit` on a fill-in solver, or `prior` on a GRAM generator."""
+    """The engine and method for /generate: the named model, else the first generator (then solver) that can decode
+    grids by the asked method (`commit` on a fill-in model, `prior` on a GRAM generator)."""
     if body.model is not None:
         found = models.generators.get(body.model) or models.solvers.get(body.model)
         if found is None:
             models.solver(body.model, None)  # raises the 404 naming what is loaded
-        method = body.method or ("prior" if found.role == "generator" else "commit")
+        candidates = [found]
     else:
-        method = body.method or ("commit" if any(s.task.blank is not None for s in models.solvers.values()) else "prior")
-        found = models.generator(None) if method == "prior" else models.solver(None, body.task)
-    if method == "prior" and found.role != "generator":
-        raise ApiError(422, "invalid_request", f"method 'prior' needs a GRAM generator; {found.name!r} is a solver")
-    if method == "commit" and (found.role == "generator" or found.task.blank is None):
-        raise ApiError(422, "invalid_request", f"method 'commit' needs a fill-in solver; {found.name!r} is not one")
-    return found, method
+        candidates = [*models.generators.values(), *models.solvers.values()]
+    for engine in candidates:
+        method = generation_method(engine.ckpt)
+        if method is not None and body.method in (None, method) and engine.task.name == body.task:
+            return engine, method
+    if body.model is not None:
+        raise ApiError(422, "invalid_request", f"{body.model!r} cannot generate by method {body.method or 'any'!r}")
+    raise ModelNotFound(f"no generator loaded for method {body.method or 'commit or prior'!r}")

@@ -27,7 +27,6 @@ from engine.tasks import Task
 from engine.train.data import carve
 
 PUZZLE_TRIES = 8  # removal orders tried per grid before moving on to the next grid
-GRID_NODES = 256  # a grid may need a node per cell, plus backtracking
 
 Search = Callable[[np.ndarray, SearchParams], Awaitable[SearchResult]]
 
@@ -39,21 +38,6 @@ class Outcome:
     valid: int = 0
     distinct: float = 0.0
     row_steps: int = 0
-
-
-def grid_params(method: str, defaults: SearchParams, temperature: float) -> SearchParams:
-    """Search parameters that decode one grid from the empty board."""
-    if method == "prior":
-        return defaults.replace(rollouts=1, strategy="rollouts", diversity="none", selector="q", early_exit="off")
-    return defaults.replace(
-        rollouts=1,
-        strategy="commit",
-        diversity="augment",
-        temperature=temperature,
-        mask=True,
-        backtrack="dfs",
-        max_nodes=max(defaults.max_nodes, GRID_NODES),
-    )
 
 
 async def generate(

@@ -27,7 +27,15 @@ class ModelNotFound(LookupError):
 
 
 def is_generator(ckpt: Checkpoint) -> bool:
-    return ckpt.arch == "gram" and getattr(ckpt.config, "unconditional", False)
+    """An unconditional GRAM, or a checkpoint whose config.json says it serves /generate ("role": "generator")."""
+    return ckpt.meta.get("role") == "generator" or generation_method(ckpt) == "prior"
+
+
+def generation_method(ckpt: Checkpoint) -> str | None:
+    """How /generate decodes grids with this checkpoint: GRAM prior samples, or commit decoding on a fill-in task."""
+    if ckpt.arch == "gram" and getattr(ckpt.config, "unconditional", False):
+        return "prior"
+    return "commit" if get_task(ckpt.task).blank is not None else None
 
 
 @dataclass
@@ -65,15 +73,6 @@ class Models:
             if task is None or s.task.name == task:
                 return s
         raise ModelNotFound(f"no solver for task {task!r}; loaded: {', '.join(self.solvers) or 'none'}")
-
-    def generator(self, name: str | None) -> Solver:
-        if not self.generators:
-            raise ModelNotFound("no generator loaded (start engine-serve with a GRAM generator checkpoint)")
-        if name is None:
-            return next(iter(self.generators.values()))
-        if name not in self.generators:
-            raise ModelNotFound(f"no generator named {name!r}; loaded: {', '.join(self.generators)}")
-        return self.generators[name]
 
     def all(self) -> list[Solver]:
         return [*self.solvers.values(), *self.generators.values()]

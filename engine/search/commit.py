@@ -48,7 +48,8 @@ class CommitSearch:
             raise ValueError(f"commit search needs a fill-in task (blank cells to commit); {task.name} is not one")
         self.task, self.puzzle, self.params = task, np.asarray(puzzle, np.int64), params
         self.rng = np.random.default_rng([params.seed, *seed_words, 7])
-        self.nodes = self.backtracks = self.restarts = self.row_steps = 0
+        self.nodes = self.backtracks = self.restarts = 0
+        self.row_steps = 0  # the engine keeps it up to date (every node's rows, early exits included)
         self.stack: list[_Node] = []
         self.best: tuple[float, np.ndarray] = (-np.inf, self.puzzle)
         self.current: np.ndarray | None = None
@@ -66,7 +67,6 @@ class CommitSearch:
         """The current node's rows came back: answers [K, L] and per-cell distributions [K, L, V] (the puzzle's
         frame), halt logits [K], and whether each answer passes the rule verifier against the puzzle."""
         self.nodes += 1
-        self.row_steps += len(answers) * self.params.steps
         if verified.any():
             i = int(np.flatnonzero(verified)[np.argmax(q[verified])])
             return Final(answers[i], "verified", float(q[i]))

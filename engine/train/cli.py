@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from engine.checkpoint import read_config
 from engine.tasks.sudoku import BLANK
 from engine.train.config import PRESETS, TrainConfig, train_preset
-from engine.checkpoint import read_config
 from engine.train.data import (
     Source,
     blank_cells,
