@@ -120,11 +120,17 @@ def test_console_scripts_are_installed():
         assert subprocess.run([path, "--help"], capture_output=True, timeout=120).returncode == 0
 
 
-def test_eval_generate_reports_validity_of_a_gram_generator(tmp_path):
-    init_main([str(tmp_path / "gen"), "--preset", "gram-sudoku-tiny"])
-    eval_main(["--checkpoint", str(tmp_path / "gen"), "--generate", "3", "-D", "2", "--json", str(tmp_path / "g.json")])
-    r = json.loads((tmp_path / "g.json").read_text())
-    assert r["n"] == 3 and 0 <= r["validity"] <= 1 and 0 <= r["distinct"] <= 1 and r["steps"] == 2
+def test_eval_generate_reports_validity_by_commit_decoding_and_raw(tmp_path):
     init_main([str(tmp_path / "trm"), "--preset", "sudoku-tiny"])
-    with pytest.raises(SystemExit, match="needs a GRAM generator"):
-        eval_main(["--checkpoint", str(tmp_path / "trm"), "--generate", "3"])
+    eval_main(["--checkpoint", str(tmp_path / "trm"), "--generate", "3", "-D", "1", "--json", str(tmp_path / "g.json")])
+    r = json.loads((tmp_path / "g.json").read_text())
+    # a random net: the legal mask and backtracking still make every grid valid; they are what raw validity removes
+    assert r["n"] == 3 and r["method"] == "commit" and r["validity"] == 1 and r["distinct"] == 1 and r["steps"] == 1
+    assert r["row_steps_per_grid"] > 0 and r["mask"] and r["backtrack"] == "dfs"
+    eval_main(["--checkpoint", str(tmp_path / "trm"), "--generate", "3", "-D", "1", "--no-mask", "--backtrack", "off",
+               "--json", str(tmp_path / "raw.json")])
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert raw["validity"] < 1 and not raw["mask"] and raw["backtrack"] == "off"
+    init_main([str(tmp_path / "maze"), "--preset", "maze-attn"])
+    with pytest.raises(SystemExit, match="needs a fill-in solver"):
+        eval_main(["--checkpoint", str(tmp_path / "maze"), "--generate", "3"])

@@ -497,7 +497,11 @@ def test_settings_from_env_overridden_by_flags_and_default_paths(monkeypatch, tm
     monkeypatch.setenv("TRM_MAX_ROLLOUTS", "7")
     s = parse(["--max-rollouts", "9", "--checkpoint-root", str(tmp_path)])
     assert (s.port, s.max_rollouts) == (9001, 9)
-    assert s.checkpoint_paths() == [(tmp_path / "sudoku-trm", True), (tmp_path / "sudoku-gram-gen", False)]
+    assert s.checkpoint_paths() == [
+        (tmp_path / "sudoku-trm", True),
+        (tmp_path / "sudoku-trm-fill", False),
+        (tmp_path / "sudoku-gram-gen", False),
+    ]
     assert Settings().checkpoint_root.resolve() == ROOT / "checkpoints"  # the repo's shipped checkpoints by default
     s = parse(["--checkpoint", "sudoku-trm", "--checkpoint", str(tmp_path)])
     assert s.checkpoint_paths() == [(ROOT / "checkpoints" / "sudoku-trm", True), (tmp_path, True)]
@@ -602,7 +606,9 @@ def test_clients_and_cli_against_a_live_server(ckpt_dir, capsys):
         out = capsys.readouterr().out
         assert "------+-------+------" in out and "verified: no" in out and "2 rollouts x 1 steps on tiny" in out
         with pytest.raises(SystemExit, match="404 not_found: no generator loaded"):
-            client_main(["--url", live.url, "generate"])
+            client_main(["--url", live.url, "generate", "--method", "prior"])
+        client_main(["--url", live.url, "generate", "--seed", "2"])  # commit decoding on the solver
+        assert "1 items; sampled 1, valid 1 (100%)" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="the `prometheus` binary is not installed (apt-get)")
