@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         noise_target=args.noise_target,
         selector=args.selector,
         seed=args.seed,
-        early_exit=args.early_exit,
+        early_exit=args.early_exit or ("off" if rollouts == 1 else None),  # K = 1: the plain model, as CARDs quote
         strategy=args.strategy,
         diversity=args.diversity,
         max_nodes=args.max_nodes,

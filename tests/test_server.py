@@ -219,6 +219,37 @@ def test_solve_text_in_text_out_with_the_contract_fields(client):
     assert again.json()["solution"] == body["solution"]  # seeded: reproducible
 
 
+def test_solve_by_commit_search_with_augment_reports_the_search(client):
+    search = {"strategy": "commit", "diversity": "augment", "rollouts": 2, "steps": 1, "max_nodes": 200, "seed": 1}
+    r = client.post("/solve", json={"puzzle": PUZZLE, "search": search})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["strategy"] == "commit" and body["diversity"] == "augment" and body["verified"]  # mask + DFS
+    # the README puzzle falls to the rules' forced cells alone: filled before any node is expanded
+    assert body["finish"] == "filled" and body["nodes"] == 0 and body["row_steps"] == 0 and body["selector"] == "commit"
+    again = client.post("/solve", json={"puzzle": PUZZLE, "search": search}).json()
+    assert again["solution"] == body["solution"] and again["nodes"] == body["nodes"]
+    plain = client.post("/solve", json={"puzzle": PUZZLE, "search": {"rollouts": 2, "steps": 1}}).json()
+    assert plain["strategy"] == "rollouts" and plain["nodes"] == 0
+
+
+@pytest.mark.parametrize(
+    "search, field",
+    [
+        ({"strategy": "beam"}, "strategy"),
+        ({"diversity": "dropout"}, "diversity"),
+        ({"max_nodes": 0}, "max_nodes"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"order": "min"}, "order"),
+        ({"mask": "yes"}, "mask"),
+        ({"backtrack": "bfs"}, "backtrack"),
+    ],
+)
+def test_solve_search_knobs_out_of_bounds_are_422(client, search, field):
+    r = client.post("/solve", json={"puzzle": PUZZLE, "search": search})
+    assert r.status_code == 422 and field in error_of(r)["message"]
+
+
 def test_solve_lists_in_lists_out_and_a_fresh_request_id(client):
     grid = SUDOKU.decode(SUDOKU.encode(PUZZLE))
     r = client.post("/solve", json={"puzzle": grid, "search": {"rollouts": 1, "steps": 1}})
