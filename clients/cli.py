@@ -115,9 +115,13 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"confidence {res.confidence:.3f}, agreement {res.agreement:.2f} ({res.selector})")
                 print(f"{res.rollouts} rollouts x {res.steps} steps on {res.model}, {res.timing['total_s']:.3f} s")
                 if r.get("strategy") == "commit":
-                    print(f"commit search: {r['nodes']} nodes, {r['backtracks']} backtracks, {r['row_steps']} row-steps")
+                    print(
+                        f"commit search: {r['nodes']} nodes, {r['backtracks']} backtracks, {r['row_steps']} row-steps"
+                    )
             elif args.command == "generate":
-                res = client.generate(args.count, args.kind, args.clues, args.seed, model=args.model, method=args.method)
+                res = client.generate(
+                    args.count, args.kind, args.clues, args.seed, model=args.model, method=args.method
+                )
                 if args.json:
                     print(json.dumps(res.raw, indent=2))
                     return

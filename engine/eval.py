@@ -410,7 +410,8 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
     empty = np.full(task.seq_len, task.blank if task.blank is not None else 1, np.int64)
     start = time.perf_counter()
     requests = [
-        engine.submit(Request(task, empty, params.replace(seed=kernels.row_seed(seed, i)))) for i in range(args.generate)
+        engine.submit(Request(task, empty, params.replace(seed=kernels.row_seed(seed, i))))
+        for i in range(args.generate)
     ]
     with tqdm(total=len(requests), desc="generate", unit="grid", leave=False) as bar:
         while engine.busy:
@@ -429,7 +430,11 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
         seed=seed,
         rollouts=params.rollouts,
         steps=params.steps,
-        **(dict(mask=params.mask, backtrack=params.backtrack, temperature=params.temperature) if method == "commit" else {}),
+        **(
+            dict(mask=params.mask, backtrack=params.backtrack, temperature=params.temperature)
+            if method == "commit"
+            else {}
+        ),
         device=args.device,
         wall_seconds=round(wall, 3),
         samples_per_second=round(args.generate / wall, 2),

@@ -22,7 +22,7 @@ from server import generation
 from server.errors import ApiError, ClientDisconnected, install
 from server.metrics import CONTENT_TYPE, Metrics
 from server.middleware import RequestContext
-from server.models import Models, ModelNotFound, Solver, card, generation_method, load_models, scrub_paths
+from server.models import ModelNotFound, Models, Solver, card, generation_method, load_models, scrub_paths
 from server.schemas import ErrorResponse, GenerateResponse, ModelList, SolveResponse, build_requests
 from server.settings import Settings
 from server.shutdown import Drain, drain

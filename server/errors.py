@@ -2,7 +2,7 @@
 
 | exception | status | type |
 |---|---|---|
-| pydantic validation, body not JSON, PuzzleError, no solution, TooLarge | 422 | invalid_request, invalid_puzzle, too_large |
+| validation, body not JSON, PuzzleError, no solution, TooLarge | 422 | invalid_request, invalid_puzzle, too_large |
 | Content-Length and Transfer-Encoding both sent | 400 | bad_request |
 | body over the size limit | 413 | payload_too_large |
 | unknown model, no generator loaded, unknown route | 404 | not_found |

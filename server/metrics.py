@@ -6,13 +6,15 @@ read at scrape time from the engines' own state (scheduler queues, `Engine.stats
 | metric | type | labels |
 |---|---|---|
 | trm_requests_total | counter | endpoint, outcome (ok, invalid, rejected, unavailable, timeout, cancelled, error) |
-| trm_admission_rejections_total | counter | model, reason: queue_full rows_full deadline too_large draining generator_busy
+| trm_admission_rejections_total | counter | model, reason: queue_full rows_full deadline too_large draining |
 | trm_requests_waiting / trm_requests_running / trm_rows_waiting / trm_rows_running | gauge | model |
 | trm_request_queue_seconds / _compute_seconds / _e2e_seconds | histogram | model (engine timestamps) |
 | trm_rollouts_total, trm_supervision_steps_total, trm_padded_supervision_steps_total | counter | model |
 | trm_engine_steps_total, trm_engine_busy_seconds_total | counter | model |
 | trm_batch_rows, trm_batch_occupancy (rows / bucket), trm_step_seconds | histogram | model |
 | trm_selection_agreement, trm_selection_confidence | histogram | model |
+| trm_search_nodes_total, trm_search_backtracks_total | counter | model (commit search) |
+| trm_search_committed_cells | histogram | model: cells a commit search committed beyond the givens |
 | trm_generate_samples_total, trm_generate_valid_samples_total, trm_generate_items_total | counter | model (, kind) |
 | trm_model_info | gauge = 1 | model, role, task, arch, dtype, device, runner, kernels |
 | trm_ready | gauge | 1 when every checkpoint is loaded and the service is not draining |
@@ -86,6 +88,17 @@ class Metrics:
         self.confidence = Histogram(
             "trm_selection_confidence", "sigmoid(q) of the selected rollout", ["model"], buckets=SHARE, registry=r
         )
+        self.nodes = Counter("trm_search_nodes", "Commit-search nodes expanded", ["model"], registry=r)
+        self.backtracks = Counter(
+            "trm_search_backtracks", "Commit-search returns to an earlier choice", ["model"], registry=r
+        )
+        self.committed = Histogram(
+            "trm_search_committed_cells",
+            "Cells a commit search committed beyond the givens (its depth)",
+            ["model"],
+            buckets=[0, 1, 2, 4, 8, 16, 32, 64, 128],
+            registry=r,
+        )
         self.gen_samples = Counter("trm_generate_samples", "Grids sampled by /generate", ["model"], registry=r)
         self.gen_valid = Counter("trm_generate_valid_samples", "Sampled grids that were valid", ["model"], registry=r)
         self.gen_items = Counter("trm_generate_items", "Items returned by /generate", ["model", "kind"], registry=r)
@@ -105,6 +118,7 @@ class Metrics:
         q_h, c_h, e_h, a_h, conf_h = (
             h.labels(name) for h in (self.queue_s, self.compute_s, self.e2e_s, self.agreement, self.confidence)
         )
+        nodes_c, back_c, depth_h = (m.labels(name) for m in (self.nodes, self.backtracks, self.committed))
 
         def on_step(rows: int, bucket: int, seconds: float) -> None:
             rows_h.observe(rows)
@@ -120,6 +134,10 @@ class Metrics:
             e_h.observe(t.total_s)
             a_h.observe(result.selection.agreement)
             conf_h.observe(result.selection.confidence)
+            if req.search is not None:
+                nodes_c.inc(result.nodes)
+                back_c.inc(result.backtracks)
+                depth_h.observe(result.committed)
 
         s.engine.on_step.append(on_step)
         s.engine.on_resolve.append(on_resolve)

@@ -127,8 +127,21 @@ def test_eval_generate_reports_validity_by_commit_decoding_and_raw(tmp_path):
     # a random net: the legal mask and backtracking still make every grid valid; they are what raw validity removes
     assert r["n"] == 3 and r["method"] == "commit" and r["validity"] == 1 and r["distinct"] == 1 and r["steps"] == 1
     assert r["row_steps_per_grid"] > 0 and r["mask"] and r["backtrack"] == "dfs"
-    eval_main(["--checkpoint", str(tmp_path / "trm"), "--generate", "3", "-D", "1", "--no-mask", "--backtrack", "off",
-               "--json", str(tmp_path / "raw.json")])
+    eval_main(
+        [
+            "--checkpoint",
+            str(tmp_path / "trm"),
+            "--generate",
+            "3",
+            "-D",
+            "1",
+            "--no-mask",
+            "--backtrack",
+            "off",
+            "--json",
+            str(tmp_path / "raw.json"),
+        ]
+    )
     raw = json.loads((tmp_path / "raw.json").read_text())
     assert raw["validity"] < 1 and not raw["mask"] and raw["backtrack"] == "off"
     init_main([str(tmp_path / "maze"), "--preset", "maze-attn"])

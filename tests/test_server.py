@@ -17,13 +17,13 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
-from schemathesis.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 from prometheus_client.parser import text_string_to_metric_families
+from schemathesis.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from engine.checkpoint import save_checkpoint
 from engine.models import GRAM, TRM, preset
@@ -231,6 +231,9 @@ def test_solve_by_commit_search_with_augment_reports_the_search(client):
     assert again["solution"] == body["solution"] and again["nodes"] == body["nodes"]
     plain = client.post("/solve", json={"puzzle": PUZZLE, "search": {"rollouts": 2, "steps": 1}}).json()
     assert plain["strategy"] == "rollouts" and plain["nodes"] == 0
+    text = client.get("/metrics").text
+    assert metric(text, "trm_search_committed_cells_count", model="tiny") == 2  # the two commit searches
+    assert metric(text, "trm_search_nodes_total", model="tiny") == 0
 
 
 @pytest.mark.parametrize(

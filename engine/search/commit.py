@@ -63,7 +63,9 @@ class CommitSearch:
             return Final(self.puzzle, "dead_end", -np.inf)
         return self._visit(grid)
 
-    def expanded(self, answers: np.ndarray, probs: np.ndarray, q: np.ndarray, verified: np.ndarray) -> np.ndarray | Final:
+    def expanded(
+        self, answers: np.ndarray, probs: np.ndarray, q: np.ndarray, verified: np.ndarray
+    ) -> np.ndarray | Final:
         """The current node's rows came back: answers [K, L] and per-cell distributions [K, L, V] (the puzzle's
         frame), halt logits [K], and whether each answer passes the rule verifier against the puzzle."""
         self.nodes += 1

@@ -118,7 +118,7 @@ def _parse_rows(rows: list | tuple) -> np.ndarray:
 
 # Peers of each cell (same row, column or box, itself excluded) as a [81, 81] bool matrix.
 _r, _c = np.divmod(np.arange(81), 9)
-PEERS = ((_r[:, None] == _r) | (_c[:, None] == _c) | ((_r[:, None] // 3 == _r // 3) & (_c[:, None] // 3 == _c // 3)))
+PEERS = (_r[:, None] == _r) | (_c[:, None] == _c) | ((_r[:, None] // 3 == _r // 3) & (_c[:, None] // 3 == _c // 3))
 PEERS &= ~np.eye(81, dtype=bool)
 
 

@@ -234,7 +234,9 @@ def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple | list[Source]
         dev = (first.inputs[-args.dev_size :], first.labels[-args.dev_size :])
         if first.blank:  # infilling alone: held-out grids blanked once, with a fixed draw
             dev = (blank_cells(dev[1], first.blank, np.random.default_rng([seed, 4])), dev[1])
-        sources[0] = dataclasses.replace(first, inputs=first.inputs[: -args.dev_size], labels=first.labels[: -args.dev_size])
+        sources[0] = dataclasses.replace(
+            first, inputs=first.inputs[: -args.dev_size], labels=first.labels[: -args.dev_size]
+        )
         held_out = f"the last {args.dev_size} of {names[first.name]}"
     sources = _with_shares(sources, args.mix)
     described = "; ".join(
@@ -283,8 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     elif cfg.init_from:
         trainer.init_from(cfg.init_from)
     if ddp.is_main:
+        samples = sum(len(s.inputs) for s in train) if isinstance(train, list) else len(train[0])
         print(
-            f"engine-train: {sum(len(s.inputs) for s in train) if isinstance(train, list) else len(train[0]):,} training samples, {len(dev[0]):,} held out; {cfg.model_preset} "
+            f"engine-train: {samples:,} training samples, {len(dev[0]):,} held out; {cfg.model_preset} "
             f"{dict(cfg.model_overrides)}; {cfg.steps} steps of {cfg.global_batch_size} rows on {ddp.world} x {device}"
             + (f"; resumed at step {trainer.step}" if args.resume else "")
         )

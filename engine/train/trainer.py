@@ -251,7 +251,9 @@ class Trainer:
 
         source = load_checkpoint(path, self.device, forward_dtype=self.model.config.forward_dtype).model
         if source.config != self.model.config:
-            raise ValueError(f"{path}: its model config differs from this run's: {source.config} vs {self.model.config}")
+            raise ValueError(
+                f"{path}: its model config differs from this run's: {source.config} vs {self.model.config}"
+            )
         self.model.load_state_dict(source.state_dict())
         if self.ema:
             self.ema = EMA(self.model, self.cfg.ema_decay)
