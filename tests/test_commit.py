@@ -163,3 +163,25 @@ def test_augment_needs_symmetries_and_commit_needs_a_fill_in_task():
     maze = get_task("maze")
     with pytest.raises(ValueError, match="fill-in"):
         Request(maze, np.zeros(maze.seq_len, np.int64), SearchParams(strategy="commit"))
+
+
+def test_commit_search_is_cancelled_or_timed_out_mid_search(engine):
+    from engine.runtime import Cancelled, DeadlineExceeded
+
+    empty = np.ones(81, np.int64)
+    params = SearchParams(rollouts=2, steps=1, strategy="commit", temperature=1.0, max_nodes=400)
+    cut = Request(SUDOKU, empty, params.replace(seed=1))
+    late = Request(SUDOKU, empty, params.replace(seed=2, timeout_s=60))
+    engine.submit(late)  # first: deadline admission needs a measured pace once others wait
+    engine.submit(cut)
+    for _ in range(3):  # a few nodes in
+        engine.step()
+    assert cut.search.nodes >= 1 and late.search.nodes >= 1 and not cut.future.done()
+    engine.cancel(cut)
+    late.submitted -= 61  # its deadline passes mid-search
+    engine.run_until_idle()
+    with pytest.raises(Cancelled):
+        cut.future.result()
+    with pytest.raises(DeadlineExceeded):
+        late.future.result()
+    assert engine.scheduler.queued == (0, 0) and len(engine.scheduler.free_slots) == engine.runner.slots
