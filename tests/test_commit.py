@@ -185,3 +185,19 @@ def test_commit_search_is_cancelled_or_timed_out_mid_search(engine):
     with pytest.raises(DeadlineExceeded):
         late.future.result()
     assert engine.scheduler.queued == (0, 0) and len(engine.scheduler.free_slots) == engine.runner.slots
+
+
+def test_restart_on_a_dead_end_starts_again_from_the_puzzle(monkeypatch):
+    puzzles, solutions = generate_puzzles(1, np.random.default_rng(3), clues=(22, 26), min_guesses=5)
+    puzzle, solution = puzzles[0].astype(np.int64), solutions[0].astype(np.int64)
+    other = random_grids(1, np.random.default_rng(7))[0].astype(np.int64)  # a wrong belief: it hits dead ends
+    starts = []
+    start = CommitSearch.start
+    monkeypatch.setattr(CommitSearch, "start", lambda self: starts.append(1) or start(self))
+    search, final = _solve(puzzle, other, sure=0.95, backtrack="restart", temperature=1.0, max_nodes=300)
+    assert len(starts) == 1 + search.backtracks and search.backtracks > 0  # every dead end went back to the puzzle
+    assert final.finish in ("filled", "budget")
+    if final.finish == "filled":
+        assert (final.answer == solution).all()
+    _, stopped = _solve(puzzle, other, sure=0.95, backtrack="off")
+    assert stopped.finish == "dead_end"

@@ -48,7 +48,7 @@ class CommitSearch:
             raise ValueError(f"commit search needs a fill-in task (blank cells to commit); {task.name} is not one")
         self.task, self.puzzle, self.params = task, np.asarray(puzzle, np.int64), params
         self.rng = np.random.default_rng([params.seed, *seed_words, 7])
-        self.nodes = self.backtracks = self.restarts = 0
+        self.nodes = self.backtracks = 0
         self.row_steps = 0  # the engine keeps it up to date (every node's rows, early exits included)
         self.stack: list[_Node] = []
         self.best: tuple[float, np.ndarray] = (-np.inf, self.puzzle)
@@ -170,7 +170,6 @@ class CommitSearch:
                 if self.params.backtrack == "off":
                     return self._give_up("dead_end")
                 if self.params.backtrack == "restart":
-                    self.restarts += 1
                     self.stack.clear()
                     return self.start()
             node.tried += 1
