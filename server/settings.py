@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     rows_per_request: int = Field(32, ge=1)
 
     # per-request limits, shown in the OpenAPI schema
-    max_rollouts: int = Field(64, ge=1)
+    max_rollouts: int = Field(256, ge=1)
     max_steps: int = Field(64, ge=1)
     max_nodes: int = Field(256, ge=1)  # commit search: nodes one request may expand
     max_timeout_s: float = Field(300.0, gt=0)
