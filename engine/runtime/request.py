@@ -128,7 +128,7 @@ class Request:
         self.value: np.ndarray | None = None
         self.log_prior: np.ndarray | None = None
         self.probs: np.ndarray | None = None  # [K, L, V] at each row's last step (commit search only)
-        self.sym: Symmetry | None = None
+        self.unsym: Symmetry | None = None  # per row: its frame -> the puzzle's (augment)
         self.inputs = np.broadcast_to(grid, (K, L))
         if p.augmented:
             # Row 0 keeps the puzzle's frame when solving; sampling (temperature > 0) wants every row random.
@@ -139,13 +139,13 @@ class Request:
                 if sym is None:
                     raise ValueError(f"diversity {p.diversity!r} needs task symmetries; {self.task.name} has none")
                 syms.append(sym)
-            self.sym = Symmetry.stack(syms)
-            self.inputs = self.sym.apply(self.inputs)
-            self.unsym = self.sym.inverse
+            sym = Symmetry.stack(syms)
+            self.inputs = sym.apply(self.inputs)
+            self.unsym = sym.inverse
 
     def unmap(self, rows: np.ndarray, answers: np.ndarray, probs: np.ndarray | None = None):
         """Rows' answers [n, L] (and distributions [n, L, V]) from their symmetric frames back to the puzzle's."""
-        if self.sym is None:
+        if self.unsym is None:
             return answers, probs
         inv = Symmetry(self.unsym.cells[rows], self.unsym.tokens[rows])
         return inv.apply(answers), None if probs is None else inv.apply_probs(probs)
