@@ -5,7 +5,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -18,15 +17,14 @@ import numpy as np
 import pytest
 import schemathesis
 import torch
-import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis.configuration import set_hypothesis_home_dir
-from prometheus_client.parser import text_string_to_metric_families
+from live import PUZZLE, LiveServer, app_for, error_of, free_port, metric, solver, wait_ready
 from schemathesis.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from engine.checkpoint import save_checkpoint
-from engine.models import GRAM, TRM, preset
+from engine.models import GRAM, preset
 from engine.runtime import EngineStopped, Overloaded, Request
 from engine.search import SearchParams
 from engine.tasks import get_task
@@ -39,19 +37,10 @@ from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SUDOKU = get_task("sudoku")
-PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
-SMALL = dict(max_rollouts=4, max_steps=4, max_batch=8, max_generate_count=4, max_generate_samples=64, generate_batch=16)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ckpt_dir(tmp_path_factory):
-    """A random sudoku-tiny TRM checkpoint, shared by the module (the conftest one is per test)."""
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", TRM(preset("sudoku-tiny")), "sudoku")
 
 
 @pytest.fixture(scope="module")
@@ -60,76 +49,6 @@ def gen_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = GRAM(preset("gram-sudoku-tiny", unconditional=True))
     return save_checkpoint(tmp_path_factory.mktemp("gen") / "tiny-gen", model, "sudoku")
-
-
-def app_for(*checkpoints, loader=load_models, **overrides):
-    return create_app(Settings(checkpoints=[str(c) for c in checkpoints], **{**SMALL, **overrides}), loader=loader)
-
-
-def wait_ready(client, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if client.get("/readyz").status_code == 200:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
-
-
-@pytest.fixture
-def client(ckpt_dir):
-    with TestClient(app_for(ckpt_dir)) as c:
-        wait_ready(c)
-        yield c
-
-
-def solver(client):
-    return next(iter(client.app.state.models.solvers.values()))
-
-
-def metric(text: str, name: str, **labels) -> float:
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    raise KeyError(f"{name}{labels} not in the exposition")
-
-
-def error_of(response) -> dict:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"type", "message"}, body
-    return body["error"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """A real uvicorn server in a thread (in-process, so tests can look at the engine behind it)."""
-
-    def __init__(self, app):
-        self.app, self.port = app, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_config=None, access_log=False))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            try:
-                if httpx.get(self.url + "/readyz").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("the live server did not become ready")
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 # -- health, readiness, models -----------------------------------------------------------------------------------------
