@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import kernels
 from engine.checkpoint import CheckpointError, load_checkpoint
-from engine.generate import generation_report, grid_params
+from engine.generate import generation_method, generation_report, grid_params
 from engine.machine import describe
 from engine.runtime import Engine, Limits, Request, Runner, SearchResult
 from engine.search import SELECTORS, Rows, SearchParams, default_params, select
@@ -73,10 +73,17 @@ def predict(
 
 
 def search_all(
-    engine: Engine, puzzles: np.ndarray, params: SearchParams, record_steps: tuple[int, ...] = (), progress=True
+    engine: Engine,
+    puzzles: np.ndarray,
+    params: SearchParams,
+    record_steps: tuple[int, ...] = (),
+    progress=True,
+    seeds: list[int] | None = None,
 ) -> list[SearchResult]:
-    """Every puzzle as one request through the engine (continuous batching over all of them)."""
-    requests = [engine.submit(Request(engine.task, p, params, record_steps=record_steps)) for p in puzzles]
+    """Every puzzle as one request through the engine (continuous batching over all of them); `seeds`: one seed per
+    request instead of params.seed (generation: each grid its own draw)."""
+    per = [params] * len(puzzles) if seeds is None else [params.replace(seed=s) for s in seeds]
+    requests = [engine.submit(Request(engine.task, x, p, record_steps=record_steps)) for x, p in zip(puzzles, per)]
     with tqdm(total=len(requests), desc="search", unit="puzzle", leave=False, disable=not progress) as bar:
         while engine.busy:
             engine.step()
@@ -395,8 +402,8 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
     """`--generate N`: N grids decoded from the empty board through the engine, as /generate does: `commit` decoding
     on a fill-in solver, or one prior sample of a GRAM generator (`prior`). With --no-mask --backtrack off the
     validity is the raw one: what the model knows, no rule help and no second tries."""
-    method = "prior" if getattr(ckpt.config, "unconditional", False) else "commit"
-    if method == "commit" and task.blank is None:
+    method = generation_method(ckpt)
+    if method is None:
         raise SystemExit(f"engine-eval: --generate needs a fill-in solver or a GRAM generator; {task.name} is neither")
     defaults = default_params(task.name, ckpt.arch, ckpt.config.halt_max_steps, ckpt.meta.get("search"))
     params = grid_params(method, defaults, args.temperature)
@@ -407,21 +414,13 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
     seed = args.seed or 0
     runner = Runner(ckpt.model, max_batch=args.batch_size)
     engine = Engine(runner, task, Limits(args.batch_size, args.generate, args.generate * params.rollouts))
-    empty = np.full(task.seq_len, task.blank if task.blank is not None else 1, np.int64)
+    empty = np.full((args.generate, task.seq_len), task.blank, np.int64)
     start = time.perf_counter()
-    requests = [
-        engine.submit(Request(task, empty, params.replace(seed=kernels.row_seed(seed, i))))
-        for i in range(args.generate)
-    ]
-    with tqdm(total=len(requests), desc="generate", unit="grid", leave=False) as bar:
-        while engine.busy:
-            engine.step()
-            bar.update(engine.stats.requests_finished - bar.n)
-    results = [r.future.result() for r in requests]
+    results = search_all(engine, empty, params, seeds=[kernels.row_seed(seed, i) for i in range(args.generate)])
     wall = time.perf_counter() - start
     samples = np.stack([r.answer for r in results])
     result = {"method": method, **generation_report(task, samples)}
-    valid = samples[task.verify_batch(np.broadcast_to(empty, samples.shape), samples)]
+    valid = samples[task.verify_batch(empty, samples)]
     result.update(diversity_report(valid) if task.name == "sudoku" and len(valid) > 1 else {})
     result.update(
         row_steps_per_grid=round(sum(r.row_steps for r in results) / len(results), 1),

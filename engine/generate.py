@@ -14,12 +14,20 @@ import torch
 import kernels
 from engine.models.gram import GRAM, counter_noise
 from engine.search import SearchParams
-from engine.tasks import Task
+from engine.tasks import Task, get_task
 from engine.tasks.base import PAD
 from engine.tasks.sudoku import FULL
 
 GRID_NODES = 256  # a grid may need a node per cell, plus backtracking
 GRID_STEPS = 2  # supervision steps per node: each node asks an easy question (measured in the generator's CARD)
+
+
+def generation_method(ckpt) -> str | None:
+    """How grids are decoded with a checkpoint: GRAM prior samples (an unconditional GRAM), commit decoding (a
+    fill-in task), or None."""
+    if ckpt.arch == "gram" and getattr(ckpt.config, "unconditional", False):
+        return "prior"
+    return "commit" if get_task(ckpt.task).blank is not None else None
 
 
 def grid_params(method: str, defaults: SearchParams, temperature: float) -> SearchParams:

@@ -15,14 +15,14 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from engine.generate import grid_params
+from engine.generate import generation_method, grid_params
 from engine.runtime import EngineStopped, Overloaded, TooLarge
 from engine.tasks.solvable import no_solution
 from server import generation
 from server.errors import ApiError, ClientDisconnected, install
 from server.metrics import CONTENT_TYPE, Metrics
 from server.middleware import RequestContext
-from server.models import ModelNotFound, Models, Solver, card, generation_method, load_models, scrub_paths
+from server.models import ModelNotFound, Models, Solver, card, load_models, scrub_paths
 from server.schemas import ErrorResponse, GenerateResponse, ModelList, SolveResponse, build_requests
 from server.settings import Settings
 from server.shutdown import Drain, drain

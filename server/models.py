@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from engine.checkpoint import Checkpoint, load_checkpoint
+from engine.generate import generation_method
 from engine.runtime import AsyncEngine, Engine, Limits, Runner
 from engine.search import SearchParams, default_params
 from engine.tasks import Task, get_task
@@ -29,13 +30,6 @@ class ModelNotFound(LookupError):
 def is_generator(ckpt: Checkpoint) -> bool:
     """An unconditional GRAM, or a checkpoint whose config.json says it serves /generate ("role": "generator")."""
     return ckpt.meta.get("role") == "generator" or generation_method(ckpt) == "prior"
-
-
-def generation_method(ckpt: Checkpoint) -> str | None:
-    """How /generate decodes grids with this checkpoint: GRAM prior samples, or commit decoding on a fill-in task."""
-    if ckpt.arch == "gram" and getattr(ckpt.config, "unconditional", False):
-        return "prior"
-    return "commit" if get_task(ckpt.task).blank is not None else None
 
 
 @dataclass

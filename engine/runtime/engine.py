@@ -213,10 +213,10 @@ class Engine:
             req.steps_done[rows] += 1
             req.row_steps += len(rows)
             last = req.steps_done[rows] >= req.params.steps
-            req.answers[rows] = req.unmap(rows, out.answers[i:j])[0]
+            req.answers[rows] = req.unmap(rows, out.answers[i:j])
             req.q[rows] = out.q[i:j]
             if req.search is not None and last.any():
-                probs = req.unmap(rows[last], out.answers[i:j][last], out.probs[i:j][last])[1]
+                probs = req.unmap_probs(rows[last], out.probs[i:j][last])
                 req.probs = req.probs if req.probs is not None else np.zeros((req.rows, *probs.shape[1:]), np.float32)
                 req.probs[rows[last]] = probs
             if out.value is not None:
@@ -260,8 +260,7 @@ class Engine:
         """Commit search: a node's rows are done; expand it and start the next node, or finish."""
         search = req.search
         search.row_steps = req.row_steps
-        verified = self.task.verify_batch(np.broadcast_to(req.puzzle, req.answers.shape), req.answers)
-        step = search.expanded(req.answers, req.probs, req.q, verified)
+        step = search.expanded(req.answers, req.probs, req.q)  # no row verified: `_early_exit` checked each step
         if isinstance(step, Final):
             self._finish(req, step)
             return
@@ -317,7 +316,7 @@ class Engine:
             verified=bool(rows.verified[selection.index]) if rows.verified is not None else None,
             rows=rows,
             rollouts=len(started),
-            row_steps=int(req.steps_done.sum()),
+            row_steps=req.row_steps,
             steps=int(req.steps_done.max()),
             finish=finish,
             timing=self._timing(req),

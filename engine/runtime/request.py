@@ -143,12 +143,16 @@ class Request:
             self.inputs = sym.apply(self.inputs)
             self.unsym = sym.inverse
 
-    def unmap(self, rows: np.ndarray, answers: np.ndarray, probs: np.ndarray | None = None):
-        """Rows' answers [n, L] (and distributions [n, L, V]) from their symmetric frames back to the puzzle's."""
-        if self.unsym is None:
-            return answers, probs
-        inv = Symmetry(self.unsym.cells[rows], self.unsym.tokens[rows])
-        return inv.apply(answers), None if probs is None else inv.apply_probs(probs)
+    def unmap(self, rows: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        """Rows' answers [n, L] from their symmetric frames back to the puzzle's."""
+        return answers if self.unsym is None else self._inverse(rows).apply(answers)
+
+    def unmap_probs(self, rows: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """Rows' per-cell distributions [n, L, V] from their symmetric frames back to the puzzle's."""
+        return probs if self.unsym is None else self._inverse(rows).apply_probs(probs)
+
+    def _inverse(self, rows: np.ndarray) -> Symmetry:
+        return Symmetry(self.unsym.cells[rows], self.unsym.tokens[rows])
 
     @property
     def rows(self) -> int:

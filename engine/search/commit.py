@@ -63,15 +63,11 @@ class CommitSearch:
             return Final(self.puzzle, "dead_end", -np.inf)
         return self._visit(grid)
 
-    def expanded(
-        self, answers: np.ndarray, probs: np.ndarray, q: np.ndarray, verified: np.ndarray
-    ) -> np.ndarray | Final:
-        """The current node's rows came back: answers [K, L] and per-cell distributions [K, L, V] (the puzzle's
-        frame), halt logits [K], and whether each answer passes the rule verifier against the puzzle."""
+    def expanded(self, answers: np.ndarray, probs: np.ndarray, q: np.ndarray) -> np.ndarray | Final:
+        """The current node's rows came back, none of them solving the puzzle (the engine ends the search at the first
+        row whose answer passes the rule verifier): answers [K, L] and per-cell distributions [K, L, V] in the
+        puzzle's frame, and halt logits [K]."""
         self.nodes += 1
-        if verified.any():
-            i = int(np.flatnonzero(verified)[np.argmax(q[verified])])
-            return Final(answers[i], "verified", float(q[i]))
         i = int(np.argmax(q))
         if q[i] > self.best[0]:
             self.best = (float(q[i]), answers[i].copy())
