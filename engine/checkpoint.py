@@ -122,12 +122,13 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Load and validate a checkpoint directory.
 
-    `forward_dtype` "auto" keeps the checkpoint's compute dtype on accelerators and uses float32 on CPU
-    (`compute_dtype`); any explicit dtype is honoured."""
+    `forward_dtype` "auto" means bf16 (the official numerics) on accelerators and float32 on CPU (`compute_dtype`),
+    whatever the file's `forward_dtype` says: it records what the weights were trained with on their machine (CPU
+    checkpoints say float32), not what to compute in here. Any explicit dtype is honoured."""
     path = Path(path)
     config = read_config(path)
     if forward_dtype == "auto":
-        forward_dtype = compute_dtype(str(device), config["model"].get("forward_dtype", "bfloat16"))
+        forward_dtype = compute_dtype(str(torch.device(device)))
     model_cls, config_cls = ARCHS[config["arch"]]
     try:
         model_config = dataclasses.replace(config_cls.from_dict(config["model"]), forward_dtype=forward_dtype)

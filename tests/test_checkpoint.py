@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from engine.checkpoint import CheckpointError, load_checkpoint, load_official, save_checkpoint
 from engine.checkpoint import main as convert
 from engine.models import TRM, preset
+from engine.models.config import compute_dtype
 
 # The official Sudoku-MLP state dict (TRM.md §2.2): key order, shapes and dtypes as the official trainer saves them.
 SUDOKU_MLP = [
@@ -105,6 +106,17 @@ def test_convert_official_checkpoint_is_bit_exact(tmp_path, variant):
     prefix = next(iter(state)).split("H_init")[0]
     assert torch.equal(saved["layers.1.mlp.down_proj.weight"], state[prefix + "L_level.layers.1.mlp.down_proj.weight"])
     assert saved["H_init"].dtype == torch.bfloat16 and torch.equal(saved["H_init"], state[prefix + "H_init"])
+
+
+def test_auto_dtype_is_bf16_on_accelerators_and_fp32_on_cpu_whatever_the_file_says(tmp_path):
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "fp32", TRM(preset("sudoku-tiny", forward_dtype="float32")), "sudoku")
+    assert json.loads((path / "config.json").read_text())["model"]["forward_dtype"] == "float32"
+    assert compute_dtype("cuda:0") == compute_dtype("cuda") == "bfloat16"
+    assert load_checkpoint(path).config.forward_dtype == "float32"
+    assert load_checkpoint(path, forward_dtype="bfloat16").config.forward_dtype == "bfloat16"  # explicit wins
+    if torch.cuda.is_available():
+        assert load_checkpoint(path, "cuda").config.forward_dtype == "bfloat16"
 
 
 def test_save_and_load_round_trip(tiny_checkpoint):

@@ -19,6 +19,7 @@ from engine.runtime import (
     TooLarge,
     bucket_ladder,
 )
+from engine.models import TRM, preset
 from engine.search import SearchParams, run_rollouts
 from engine.tasks import get_task
 from engine.tasks.sudoku import Sudoku
@@ -93,6 +94,20 @@ def test_admission_refuses_past_the_request_and_row_limits(tiny_model):
         eng.submit(Request(SUDOKU, puzzle()[:80], SearchParams()))
     load = eng.scheduler.snapshot()
     assert (load.requests_waiting, load.rows_waiting, load.requests_running) == (1, 1, 0)
+
+
+def test_submit_refuses_out_of_range_tokens_and_puzzle_ids_naming_the_cell(tiny_model):
+    eng = engine(tiny_model)
+    bad = puzzle()
+    bad[7] = 11  # vocab is 0..10: on a GPU this index would trip a device-side assert inside the graph
+    with pytest.raises(InvalidRequest, match="token 11 at cell 7 is outside 0..10"):
+        eng.submit(Request(SUDOKU, bad, SearchParams()))
+    bad[7] = -1
+    with pytest.raises(InvalidRequest, match="cell 7"):
+        eng.submit(Request(SUDOKU, bad, SearchParams()))
+    with pytest.raises(InvalidRequest, match="puzzle id 1 is outside 0..0"):
+        eng.submit(Request(SUDOKU, puzzle(), SearchParams(), puzzle_id=1))
+    assert not eng.busy
 
 
 def test_per_request_row_cap_lets_a_later_request_in(tiny_model):
@@ -230,3 +245,16 @@ def test_cuda_graph_runner_matches_the_eager_runner(tiny_model):
     (a,), (b,) = solve(eager, Request(SUDOKU, puzzle(), p)), solve(graphs, Request(SUDOKU, puzzle(), p))
     assert np.array_equal(a.rows.answers, b.rows.answers)
     np.testing.assert_allclose(a.rows.q, b.rows.q, rtol=1e-4, atol=1e-4)
+
+
+def test_runner_casts_weights_to_the_compute_dtype_once_with_unchanged_answers():
+    torch.manual_seed(0)
+    model = TRM(preset("sudoku-tiny", forward_dtype="bfloat16")).eval()
+    torch.nn.init.normal_(model.q_head.weight)
+    x, pid = torch.as_tensor(puzzle())[None].repeat(3, 1), torch.zeros(3, dtype=torch.long)
+    before = model.rollout(x, pid, 3)
+    runner = Runner(model, max_batch=4, static=False)
+    assert {p.dtype for p in runner.model.parameters()} == {torch.bfloat16}
+    assert not any(p.requires_grad for p in runner.model.parameters())
+    after = model.rollout(x, pid, 3)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))  # every use cast them to bf16 already

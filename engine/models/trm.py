@@ -65,6 +65,15 @@ class RecursiveNet(nn.Module):
         self.register_buffer("H_init", trunc_normal_(torch.empty(c.hidden_size), std=1).to(self.dtype))
         self.register_buffer("L_init", trunc_normal_(torch.empty(c.hidden_size), std=1).to(self.dtype))
 
+    def inference_weights(self) -> RecursiveNet:
+        """Cast the fp32 master parameters to the forward dtype once, for inference only. Every use casts them to it
+        anyway (`Linear`, `embed`), so results are unchanged, and a bf16 step stops re-casting every weight (about a
+        third of its kernels; issue 15). Training keeps the fp32 masters: never call this on a model being trained."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+            p.data = p.data.to(self.dtype)
+        return self
+
     # -- carry ------------------------------------------------------------------------------------------------------
 
     def initial_carry(self, batch_size: int) -> Carry:

@@ -87,6 +87,17 @@ class Engine:
             raise InvalidRequest(
                 f"puzzle has {len(request.puzzle)} tokens; task {self.task.name} needs {self.task.seq_len}"
             )
+        # A token or puzzle id out of range would trip a device-side assert, which inside a CUDA graph replay kills
+        # the context for good: check here, for library callers too (the HTTP codec checks its own).
+        config = self.runner.model.config
+        tokens = np.asarray(request.puzzle)
+        if tokens.min(initial=0) < 0 or tokens.max(initial=0) >= config.vocab_size:
+            bad = int(np.flatnonzero((tokens < 0) | (tokens >= config.vocab_size))[0])
+            raise InvalidRequest(f"puzzle token {int(tokens[bad])} at cell {bad} is outside 0..{config.vocab_size - 1}")
+        if not 0 <= request.puzzle_id < config.num_puzzle_identifiers:
+            raise InvalidRequest(
+                f"puzzle id {request.puzzle_id} is outside 0..{config.num_puzzle_identifiers - 1} for this checkpoint"
+            )
         if request.params.selector not in self.selectors:
             raise InvalidRequest(
                 f"selector {request.params.selector!r} is not available for this checkpoint; "

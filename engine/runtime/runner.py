@@ -2,7 +2,7 @@
 
 Carries live in a slot pool ([slots, total_len, hidden] for z_H and z_L); each step gathers the scheduled rows'
 slots, runs, and scatters the new carries back, so rows of different requests can join and leave at any step
-boundary. Two modes:
+boundary. The runner casts the model's weights to its compute dtype in place (`inference_weights`). Two modes:
 - eager (the CPU default): the step runs on exactly the scheduled rows;
 - static (the CUDA default): rows are copied into fixed buffers padded to the smallest bucket of a ladder, and on
   CUDA one graph per bucket is captured for the step (SERVING.md §2.3). Seeds, steps and noise scales are read from
@@ -61,7 +61,7 @@ class Runner:
         static: bool | None = None,
         cuda_graphs: bool | None = None,
     ):
-        self.model = model.eval()
+        self.model = model.eval().inference_weights()  # the runner only infers: weights in the compute dtype, once
         self.device = next(model.parameters()).device
         on_cuda = self.device.type == "cuda"
         self.max_batch = max_batch
