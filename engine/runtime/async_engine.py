@@ -7,6 +7,7 @@ cancelled (a client that disconnected) cancels its request, and the engine drops
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 
@@ -20,21 +21,34 @@ class AsyncEngine:
         self.engine = engine
         engine.start()
 
-    async def search(
-        self, puzzle: np.ndarray, params: SearchParams, puzzle_id: int = 0, request_id: str | None = None
-    ) -> SearchResult:
+    def submit(
+        self,
+        puzzle: np.ndarray,
+        params: SearchParams,
+        puzzle_id: int = 0,
+        request_id: str | None = None,
+        listener: Callable[[Request], None] | None = None,
+    ) -> Request:
+        """Admit a request now (or raise why not); `wait` for its result."""
         try:
-            req = Request(self.engine.task, puzzle, params, puzzle_id)
+            req = Request(self.engine.task, puzzle, params, puzzle_id, listener=listener)
         except ValueError as e:  # e.g. commit search or augment on a task that cannot take them
             raise InvalidRequest(str(e)) from None
         if request_id:
             req.id = request_id
-        self.engine.submit(req)
+        return self.engine.submit(req)
+
+    async def wait(self, req: Request) -> SearchResult:
         try:
             return await asyncio.wrap_future(req.future)
         except asyncio.CancelledError:
             self.engine.cancel(req)
             raise
+
+    async def search(
+        self, puzzle: np.ndarray, params: SearchParams, puzzle_id: int = 0, request_id: str | None = None
+    ) -> SearchResult:
+        return await self.wait(self.submit(puzzle, params, puzzle_id, request_id))
 
     async def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
         await asyncio.to_thread(self.engine.shutdown, drain, timeout)

@@ -241,6 +241,8 @@ class Engine:
             for d in req.record_steps:
                 if d not in req.history and (req.steps_done >= d).all():
                     req.history[d] = req.row_view()
+            if req.listener is not None:
+                self._notify(req)
             if self._early_exit(req, rows):
                 continue
             if (req.steps_done >= req.params.steps).all():
@@ -248,6 +250,14 @@ class Engine:
                     self._resolve(req, "completed")
                 else:
                     self._advance(req)
+
+    def _notify(self, req: Request) -> None:
+        """Tell a watching caller about this step (before it resolves, so its last step comes before its result)."""
+        try:
+            req.listener(req)
+        except Exception:  # a broken listener must not fail the step of every request in the batch
+            log.exception("progress listener failed; detached", extra={"fields": {"request": req.id}})
+            req.listener = None
 
     def _early_exit(self, req: Request, rows: np.ndarray) -> bool:
         """Resolve `req` now if one of the rows just run gives an answer good enough to stop (beyond the papers)."""

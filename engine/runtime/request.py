@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -97,6 +98,8 @@ class Request:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     submitted: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
+    # Called by the engine thread with this request after each step that ran its rows (engine/runtime/progress.py)
+    listener: Callable[[Request], None] | None = None
 
     def __post_init__(self):
         K = self.params.rollouts
