@@ -4,11 +4,12 @@
 #   docker run --rm -p 8000:8000 trm-engine                     # then: curl localhost:8000/readyz
 #   docker run --rm -p 8000:8000 -e TRM_MAX_ROLLOUTS=32 trm-engine --checkpoint /app/checkpoints/sudoku-trm
 #
-# CUDA variant: the CUDA wheels of torch bring their own CUDA runtime, so the same slim base works; only the wheel
-# index changes, and the container needs a GPU:
+# CUDA variant: the CUDA wheels of torch bring their own CUDA runtime and the triton they pin, so the same slim base
+# works; only the wheel index changes, and the container needs a GPU:
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 -t trm-engine:cuda .
-#   docker run --rm --gpus all -p 8000:8000 trm-engine:cuda     # device auto -> cuda: static buffers + CUDA graphs
-# (For Triton kernels add `triton` to the builder's pip install; `TRM_KERNELS=torch` forces the torch reference.)
+#   docker run --rm --gpus all -p 8000:8000 trm-engine:cuda     # device auto -> cuda: bf16, CUDA graphs, Triton
+# Triton compiles a small C driver at its first launch, so a CUDA image also gets gcc (slim has none; without it the
+# kernels fall back to the torch references, reported in /v1/models). `TRM_KERNELS=torch` forces the references.
 
 ARG PYTHON=python:3.11-slim
 
@@ -28,6 +29,9 @@ RUN pip install --no-cache-dir .
 FROM ${PYTHON}
 RUN useradd --uid 10001 --create-home app
 COPY --from=builder /opt/venv /opt/venv
+RUN if /opt/venv/bin/python -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then \
+        apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*; \
+    fi
 COPY --chown=root:root checkpoints /app/checkpoints
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

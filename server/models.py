@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import kernels
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.generate import generation_method
 from engine.runtime import AsyncEngine, Engine, Limits, Runner
@@ -156,6 +157,7 @@ def card(m: Solver, root: Path) -> dict:
     info.update(
         runner=m.engine.runner.mode,
         kernels=m.engine.runner.kernels,
+        kernels_fallback=kernels.fallback(),  # why the fused kernels stopped (a failed launch), else None
         defaults={
             "rollouts": d.rollouts,
             "steps": d.steps,

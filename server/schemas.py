@@ -172,6 +172,7 @@ class ModelCard(BaseModel):
     dtype: str
     runner: str | None = None
     kernels: str | None = None
+    kernels_fallback: str | None = None  # set when a fused kernel launch failed and the torch references took over
     parameters: int
     defaults: dict[str, Any] | None = None
 

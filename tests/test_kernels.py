@@ -291,6 +291,27 @@ def test_backend_selection():
         kernels.set_backend("cutlass")
 
 
+def test_a_failed_launch_falls_back_to_the_references_for_good(monkeypatch):
+    """Triton imports but cannot launch (a slim image has no C compiler for its driver): the first failure warns and
+    answers with the reference, the references serve from then on, and `kernels.fallback()` says why."""
+    real = kernels.backend
+    monkeypatch.setattr(kernels, "backend", lambda device: real("cuda"))  # as if the tensors were on a GPU
+    monkeypatch.setattr(kernels, "_failed", None)
+    calls = []
+
+    def broken(*args):
+        calls.append(args)
+        raise RuntimeError("failed to build the Triton driver: no C compiler")
+
+    monkeypatch.setattr(torch.ops.trm, "swiglu", broken)
+    x = torch.randn(4, 8)
+    with pytest.warns(UserWarning, match="no C compiler"):
+        y = kernels.swiglu(x)
+    assert torch.equal(y, reference.swiglu(x)) and "no C compiler" in kernels.fallback()
+    assert real("cuda") == "torch"
+    assert torch.equal(kernels.swiglu(x), y) and len(calls) == 1  # no second try, no second warning
+
+
 def test_trm_kernels_environment_variable():
     """TRM_KERNELS=torch forces the references, without importing triton; so does a missing triton."""
     code = (

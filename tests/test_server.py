@@ -512,6 +512,9 @@ def test_dockerfile_serves_the_default_checkpoints_as_a_non_root_user():
     assert "TRM_HOST=0.0.0.0" in env and "TRM_CHECKPOINT_ROOT=/app/checkpoints" in env and "TRM_PORT=8000" in env
     for pkg in ("engine", "server", "kernels", "clients"):
         assert f"{pkg} {pkg}" in of("COPY")
+    # a CUDA build gets a C compiler: Triton builds its launcher driver with one at the first kernel launch
+    (cc,) = [r for r in of("RUN") if "gcc" in r]
+    assert "torch.version.cuda" in cc and "libc6-dev" in cc
 
 
 # -- a real server -----------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Building blocks of the TRM network, numerically as in the official code (TRM.md §1.3, §5).
 
 Weights are fp32 masters cast to the activation dtype at call time (a no-op once `inference_weights` cast them for
-serving); activations run in `forward_dtype` (bf16); RMSNorm and RoPE compute in fp32 inside. The elementwise parts (residual + RMSNorm, SwiGLU) go through `kernels`.
+serving); activations run in `forward_dtype` (bf16); RMSNorm and RoPE compute in fp32 inside. The elementwise parts
+(residual + RMSNorm, SwiGLU) go through `kernels`.
 """
 
 from __future__ import annotations
