@@ -16,7 +16,7 @@ from engine.models.gram import GRAM, counter_noise
 from engine.search import SearchParams
 from engine.tasks import Task, get_task
 from engine.tasks.base import PAD
-from engine.tasks.sudoku import FULL
+from engine.tasks.sudoku_solver import FULL
 
 GRID_NODES = 256  # a grid may need a node per cell, plus backtracking
 GRID_STEPS = 2  # supervision steps per node: each node asks an easy question (measured in the generator's CARD)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.models import TRM, preset
 from engine.runtime import (
     AsyncEngine,
     Cancelled,
@@ -19,7 +20,6 @@ from engine.runtime import (
     TooLarge,
     bucket_ladder,
 )
-from engine.models import TRM, preset
 from engine.search import SearchParams, run_rollouts
 from engine.tasks import get_task
 from engine.tasks.sudoku import Sudoku

@@ -181,27 +181,28 @@ class Engine:
         return True
 
     def _batch(self, plan: list[tuple[Request, np.ndarray]]) -> Batch:
-        parts, want_probs = [], False
-        for req, rows in plan:
+        now = time.monotonic()
+        for req, _ in plan:
             if req.started is None:
-                req.started = time.monotonic()
-            p = req.params
-            n = len(rows)
-            want_probs |= req.search is not None and bool((req.steps_done[rows] == p.steps - 1).any())
-            parts.append(
-                (
-                    req.slot[rows],
-                    req.steps_done[rows] == 0,
-                    req.inputs[rows],
-                    np.full(n, req.puzzle_id),
-                    req.seeds[rows],
-                    req.steps_done[rows],
-                    np.full(n, p.sigma_z, dtype=np.float32),
-                    np.full(n, p.sigma_y, dtype=np.float32),
-                )
-            )
-        self.stats.rows_started += int(sum(f.sum() for _, f, *_ in parts))
-        return Batch(*(np.concatenate(cols) for cols in zip(*parts)), want_probs=want_probs)
+                req.started = now
+        counts = [len(rows) for _, rows in plan]
+        per_row = lambda values, dtype: np.repeat(np.array(values, dtype), counts)  # noqa: E731
+        gather = lambda name: np.concatenate([getattr(req, name)[rows] for req, rows in plan])  # noqa: E731
+        steps = gather("steps_done")
+        # commit search needs the per-cell distributions of a node's last step
+        last = per_row([req.params.steps - 1 if req.search is not None else -1 for req, _ in plan], np.int64)
+        self.stats.rows_started += int((steps == 0).sum())
+        return Batch(
+            slots=gather("slot"),
+            fresh=steps == 0,
+            inputs=gather("inputs"),
+            puzzle_ids=per_row([req.puzzle_id for req, _ in plan], np.int64),
+            seeds=gather("seeds"),
+            steps=steps,
+            sigma_z=per_row([req.params.sigma_z for req, _ in plan], np.float32),
+            sigma_y=per_row([req.params.sigma_y for req, _ in plan], np.float32),
+            want_probs=bool((steps == last).any()),
+        )
 
     def _account(self, rows: int, elapsed: float) -> None:
         s = self.stats
@@ -218,13 +219,17 @@ class Engine:
             hook(rows, bucket, elapsed)
 
     def _update(self, plan: list[tuple[Request, np.ndarray]], out: StepResult) -> None:
-        i = 0
+        """Book the step's rows into their requests, check early exits, and resolve what finished. The rule verifier
+        runs once over every row that needs it (one vectorised call per step, not one per request: issue 15)."""
+        answers = np.empty_like(out.answers)  # in the puzzles' frames
+        spans, i = [], 0
         for req, rows in plan:
             j = i + len(rows)
+            spans.append((req, rows, slice(i, j)))
             req.steps_done[rows] += 1
             req.row_steps += len(rows)
             last = req.steps_done[rows] >= req.params.steps
-            req.answers[rows] = req.unmap(rows, out.answers[i:j])
+            answers[i:j] = req.answers[rows] = req.unmap(rows, out.answers[i:j])
             req.q[rows] = out.q[i:j]
             if req.search is not None and last.any():
                 probs = req.unmap_probs(rows[last], out.probs[i:j][last])
@@ -237,13 +242,15 @@ class Engine:
                 req.log_prior = req.log_prior if req.log_prior is not None else np.zeros(req.rows, np.float32)
                 req.log_prior[rows] += out.log_prior[i:j]
             i = j
-            self.scheduler.free_rows(req, rows[req.steps_done[rows] >= req.params.steps])
+            self.scheduler.free_rows(req, rows[last])
             for d in req.record_steps:
                 if d not in req.history and (req.steps_done >= d).all():
                     req.history[d] = req.row_view()
+        verified = self._verify_rows(spans, answers)
+        for req, rows, span in spans:
             if req.listener is not None:
                 self._notify(req)
-            if self._early_exit(req, rows):
+            if self._early_exit(req, rows, verified[span]):
                 continue
             if (req.steps_done >= req.params.steps).all():
                 if req.search is None:
@@ -259,13 +266,33 @@ class Engine:
             log.exception("progress listener failed; detached", extra={"fields": {"request": req.id}})
             req.listener = None
 
-    def _early_exit(self, req: Request, rows: np.ndarray) -> bool:
+    def _exit_policy(self, req: Request) -> str:
+        return "verified" if req.search is not None else req.params.early_exit  # commit search stops when solved
+
+    def _verify_rows(self, spans: list[tuple[Request, np.ndarray, slice]], answers: np.ndarray) -> np.ndarray:
+        """bool [n]: each row of the step whose request exits early on a verified answer passes the rule verifier
+        (False for the other rows)."""
+        ok = np.zeros(len(answers), bool)
+        if not self.task.has_rule_verifier:
+            return ok
+        check = np.zeros(len(answers), bool)
+        puzzles = np.empty_like(answers)
+        for req, _, span in spans:
+            if self._exit_policy(req) == "verified":
+                check[span], puzzles[span] = True, req.puzzle
+        if check.all():
+            return self.task.verify_batch(puzzles, answers)
+        if check.any():
+            ok[check] = self.task.verify_batch(puzzles[check], answers[check])
+        return ok
+
+    def _early_exit(self, req: Request, rows: np.ndarray, verified: np.ndarray) -> bool:
         """Resolve `req` now if one of the rows just run gives an answer good enough to stop (beyond the papers)."""
-        policy = "verified" if req.search is not None else req.params.early_exit  # commit search stops when solved
+        policy = self._exit_policy(req)
         if policy == "off":
             return False
         if policy == "verified" and self.task.has_rule_verifier:
-            ok = self.task.verify_batch(np.broadcast_to(req.puzzle, (len(rows), len(req.puzzle))), req.answers[rows])
+            ok = verified
         else:  # "confident", or "verified" on a task without a rule verifier
             ok = 1 / (1 + np.exp(-req.q[rows].astype(np.float64))) >= req.params.confidence
         if not ok.any():

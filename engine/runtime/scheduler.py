@@ -148,30 +148,32 @@ class Scheduler:
         return new
 
     def pick(self) -> list[tuple[Request, np.ndarray]]:
-        """Rows for the next step: [(request, row indices)], at most max_batch rows in all. Assigns slots."""
+        """Rows for the next step: [(request, row indices)], at most max_batch rows in all. Assigns slots.
+
+        Two passes in FIFO order: first up to `rows_per_request` rows each, then whatever room is left. A request's
+        rows that hold a carry slot go before those that need one."""
         lim = self.limits
         room = lim.max_batch
-        taken: dict[int, list[int]] = {}
+        taken: dict[int, np.ndarray] = {}
         for cap in (lim.rows_per_request, lim.max_batch):
             for req in self.active:
                 if room == 0:
                     break
-                mine = taken.setdefault(id(req), [])
+                mine = taken.get(id(req), np.zeros(0, np.int64))
                 alive = req.steps_done < req.params.steps
                 started = req.slot >= 0
-                chosen = set(mine)
-                for row in np.concatenate((np.flatnonzero(alive & started), np.flatnonzero(alive & ~started))):
-                    if len(mine) >= cap or room == 0:
-                        break
-                    if row in chosen:
-                        continue
-                    if req.slot[row] < 0:
-                        if not self.free_slots:
-                            break
-                        req.slot[row] = self.free_slots.popleft()
-                    mine.append(int(row))
-                    room -= 1
-        return [(req, np.array(taken[id(req)])) for req in self.active if taken.get(id(req))]
+                order = np.concatenate((np.flatnonzero(alive & started), np.flatnonzero(alive & ~started)))
+                if len(mine):
+                    order = order[~np.isin(order, mine)]
+                order = order[: min(cap - len(mine), room)]
+                new = order[~started[order]]
+                short = len(new) - len(self.free_slots)
+                if short > 0:  # unstarted rows come last in `order`: drop those without a slot
+                    order, new = order[: len(order) - short], new[: len(new) - short]
+                req.slot[new] = [self.free_slots.popleft() for _ in range(len(new))]
+                taken[id(req)] = np.concatenate((mine, order))
+                room -= len(order)
+        return [(req, taken[id(req)]) for req in self.active if len(taken.get(id(req), ()))]
 
     def free_rows(self, req: Request, rows: np.ndarray) -> None:
         for row in rows:

@@ -10,10 +10,10 @@ from numbers import Integral
 import numpy as np
 
 from engine.tasks.base import PuzzleError, Task
+from engine.tasks.sudoku_solver import verify_tokens
 from engine.tasks.symmetry import Symmetry
 
 BLANK = 1
-FULL = 0x1FF  # bits 0-8 set: every digit 1-9 present once
 DIGITS = np.arange(2, 11)  # the tokens of digits 1-9
 SYMMETRY_KEYS = 34  # uniform draws per symmetry: digits 9, transpose 1, bands 3, rows 9, stacks 3, columns 9
 
@@ -187,13 +187,8 @@ class Sudoku(Task):
         return _first_duplicate(grid)
 
     def verify_batch(self, puzzles: np.ndarray, answers: np.ndarray) -> np.ndarray:
-        p = np.asarray(puzzles, dtype=np.int64).reshape(-1, 9, 9)
-        a = np.asarray(answers, dtype=np.int64).reshape(-1, 9, 9)
-        digit_ok = ((a >= 2) & (a <= 10)).all(axis=(1, 2))
-        givens_ok = ((p < 2) | (p == a)).all(axis=(1, 2))
-        bits = np.left_shift(1, np.clip(a - 2, 0, 8))  # one bit per digit; OR over a unit is FULL iff a permutation
-        boxes = bits.reshape(-1, 3, 3, 3, 3).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 9)
-        rows_ok, cols_ok, boxes_ok = (
-            (np.bitwise_or.reduce(g, axis=2) == FULL).all(axis=1) for g in (bits, bits.transpose(0, 2, 1), boxes)
-        )
-        return digit_ok & givens_ok & rows_ok & cols_ok & boxes_ok
+        answers = np.ascontiguousarray(answers, dtype=np.int64).reshape(-1, 81)
+        puzzles = np.ascontiguousarray(np.broadcast_to(puzzles, answers.shape), dtype=np.int64)
+        ok = np.empty(len(answers), dtype=bool)
+        verify_tokens(puzzles, answers, ok)
+        return ok

@@ -1,0 +1,107 @@
+"""Host time per engine step: the engine's own work (scheduling, batching, answers, early-exit verification,
+resolution) with the model replaced by a stub runner that answers at once, so what is timed is all host time.
+
+Issue 15's CPU target: at 1,024 rows (64 requests x K=16) with early exit on, at most 5 ms per step. The stub's answers
+break the rules, so no row exits early and every step verifies every row (the early-exit path's worst case).
+
+    python benchmarks/host.py                       # 64 x 16 rows, D = 16
+    python benchmarks/host.py --requests 256 --rollouts 4 --diversity augment
+
+The last output line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path and its name would shadow the `engine` package.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+
+from engine.machine import describe  # noqa: E402
+from engine.models import TRM, preset  # noqa: E402
+from engine.runtime import Batch, Engine, Limits, Request  # noqa: E402
+from engine.runtime.runner import StepResult  # noqa: E402
+from engine.search import SearchParams  # noqa: E402
+from engine.tasks import get_task  # noqa: E402
+from engine.train.data import generate_puzzles  # noqa: E402
+
+
+class StubRunner:
+    """The Runner's interface without a model: every step answers a fixed rule-breaking grid per row at once."""
+
+    mode, kernels, static = "stub", "none", False
+
+    def __init__(self, max_batch: int, seq_len: int, vocab: int):
+        self.model = TRM(preset("sudoku-tiny"))  # only its config is read (token and puzzle id ranges)
+        self.max_batch, self.slots = max_batch, 2 * max_batch
+        rng = np.random.default_rng(0)
+        self.answers = rng.integers(2, vocab, (max_batch, seq_len))
+        self.q = rng.standard_normal(max_batch).astype(np.float32) - 5
+        self.probs = np.full((max_batch, seq_len, vocab), 1 / vocab, np.float32)
+
+    def padded(self, rows: int) -> int:
+        return rows
+
+    def run(self, batch: Batch) -> StepResult:
+        n = len(batch.slots)
+        return StepResult(self.answers[:n], self.q[:n], None, None, self.probs[:n] if batch.want_probs else None)
+
+
+def measure(requests: int, params: SearchParams, repeats: int) -> dict:
+    task = get_task("sudoku")
+    rows = requests * params.rollouts
+    puzzles = generate_puzzles(requests, np.random.default_rng(0), (30, 45))[0].astype(np.int64)
+    per_step = []
+    for _ in range(repeats):
+        runner = StubRunner(rows, task.seq_len, task.vocab_size)
+        eng = Engine(runner, task, Limits(max_batch=rows, max_requests=requests, max_rows=rows, rows_per_request=params.rollouts))
+        for i, p in enumerate(puzzles):
+            eng.submit(Request(task, p, params.replace(seed=i)))
+        while eng.busy:
+            start = time.perf_counter()
+            eng.step()
+            per_step.append((time.perf_counter() - start, eng.stats.running_rows))
+    full = [t for t, n in per_step if n == rows]
+    return {
+        "rows": rows,
+        "steps_timed": len(full),
+        "host_ms_per_step_median": 1e3 * float(np.median(full)),
+        "host_ms_per_step_p90": 1e3 * float(np.percentile(full, 90)),
+        "host_us_per_row_step": 1e6 * float(np.median(full)) / rows,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--rollouts", "-K", type=int, default=16)
+    ap.add_argument("--steps", "-D", type=int, default=16)
+    ap.add_argument("--diversity", default="noise", choices=("noise", "augment", "both", "none"))
+    ap.add_argument("--early-exit", default="verified", choices=("off", "verified", "confident"))
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    params = SearchParams(
+        rollouts=args.rollouts,
+        steps=args.steps,
+        noise=0.3,
+        diversity=args.diversity,
+        early_exit=args.early_exit,
+    )
+    result = measure(args.requests, params, args.repeats)
+    print(f"machine: {describe('cpu')}")
+    print(
+        f"{result['rows']} rows ({args.requests} requests x K={args.rollouts}, early exit {args.early_exit}, "
+        f"{args.diversity}): host time per step {result['host_ms_per_step_median']:.2f} ms median, "
+        f"{result['host_ms_per_step_p90']:.2f} ms p90 ({result['host_us_per_row_step']:.2f} us per row-step)"
+    )
+    print(json.dumps({"benchmark": "host", **vars(args), **result}))
+
+
+if __name__ == "__main__":
+    main()
