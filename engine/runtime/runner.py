@@ -67,13 +67,13 @@ class Runner:
         self.max_batch = max_batch
         self.buckets = bucket_ladder(max_batch)
         self.slots = slots or 2 * max_batch
-        carry = model.initial_carry(self.slots)
+        carry = model.initial_carry(self.slots + 1)  # + a scratch slot for the static path's padding rows
         self.pool_H, self.pool_L = carry.z_H, carry.z_L
         self.static = on_cuda if static is None else static
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and not (on_cuda and self.static):
             raise ValueError("CUDA graphs need a CUDA model and static buffers")
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, StepOut]] = {}
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         if self.static:
             self._buffers()
         if self.cuda_graphs:
@@ -98,20 +98,22 @@ class Runner:
         n = len(batch.slots)
         if not 0 < n <= self.max_batch:
             raise ValueError(f"a step takes 1..{self.max_batch} rows, got {n}")
-        idx = torch.as_tensor(batch.slots, device=self.device)
-        out = self._run_static(batch, idx) if self.static else self._run_eager(batch, idx)
-        self.pool_H[idx] = out.carry.z_H[:n]
-        self.pool_L[idx] = out.carry.z_L[:n]
-        cpu = lambda t: None if t is None else t[:n].float().cpu().numpy()  # noqa: E731
+        if self.static:
+            return self._run_static(batch)
+        out = self._run_eager(batch)
+        cpu = lambda t: None if t is None else t.float().cpu().numpy()  # noqa: E731
         probs = cpu(out.logits.float().softmax(-1)) if batch.want_probs else None
-        return StepResult(out.answers[:n].cpu().numpy(), cpu(out.q), cpu(out.value), cpu(out.log_prior), probs)
+        return StepResult(out.answers.cpu().numpy(), cpu(out.q), cpu(out.value), cpu(out.log_prior), probs)
 
-    def _run_eager(self, b: Batch, idx: torch.Tensor) -> StepOut:
+    def _run_eager(self, b: Batch) -> StepOut:
         t = lambda a, dtype=torch.long: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
+        idx = t(b.slots)
         carry = self.model.reset(Carry(self.pool_H[idx], self.pool_L[idx]), t(b.fresh, torch.bool))
         sigma_z = t(b.sigma_z, torch.float32) if b.sigma_z.any() else None
         sigma_y = t(b.sigma_y, torch.float32) if b.sigma_y.any() else None
-        return search_step(self.model, carry, t(b.inputs), t(b.puzzle_ids), t(b.seeds), t(b.steps), sigma_z, sigma_y)
+        out = search_step(self.model, carry, t(b.inputs), t(b.puzzle_ids), t(b.seeds), t(b.steps), sigma_z, sigma_y)
+        self.pool_H[idx], self.pool_L[idx] = out.carry.z_H, out.carry.z_L
+        return out
 
     @torch.inference_mode()
     def likelihood(self, puzzle: np.ndarray, puzzle_id: int, candidates: np.ndarray, seed: int, steps: int):
@@ -129,52 +131,78 @@ class Runner:
         return bound.float().cpu().numpy()
 
     # -- static buffers and CUDA graphs -----------------------------------------------------------------------------
+    #
+    # A static step moves two buffers, once each (SERVING.md §2.3; issue 15): the rows' metadata in (one int64
+    # [B, L + 6] copy: tokens, puzzle id, seed, step, fresh, slot, and the two float32 noise scales packed in one
+    # column) and the results out (one float32 [B, L + 3]: answers, q, value, log-prior; the logits only when search
+    # asks for distributions). Gathering carries from the slot pool and scattering them back happen inside the step,
+    # so inside the graph; padding rows read and write a scratch slot past the pool's end. Every graph writes the
+    # same output buffer, so no graph keeps outputs of its own, and the noise scales are always inputs, so rows with
+    # y noise replay the graph too.
 
     def _buffers(self) -> None:
-        B, dev = self.max_batch, self.device
-        init = self.model.initial_carry(B)
-        self.buf = {
-            "z_H": init.z_H,
-            "z_L": init.z_L,
-            "fresh": torch.ones(B, dtype=torch.bool, device=dev),
-            "inputs": torch.zeros(B, self.model.config.seq_len, dtype=torch.long, device=dev),
-            "puzzle_ids": torch.zeros(B, dtype=torch.long, device=dev),
-            "seeds": torch.zeros(B, dtype=torch.long, device=dev),
-            "steps": torch.zeros(B, dtype=torch.long, device=dev),
-            "sigma_z": torch.zeros(B, dtype=torch.float32, device=dev),
-            "sigma_y": torch.zeros(B, dtype=torch.float32, device=dev),
-        }
+        B, L, dev = self.max_batch, self.model.config.seq_len, self.device
+        pinned = dev.type == "cuda"
+        self.scratch = self.slots  # the pool's extra last slot
+        self.meta_host = torch.zeros(B, L + 6, dtype=torch.long, pin_memory=pinned)
+        self.meta_host[:, L + 3], self.meta_host[:, L + 4] = 1, self.scratch  # every row padding until filled
+        self.meta = self.meta_host.to(dev, copy=True)
+        self.results = torch.zeros(B, L + 3, dtype=torch.float32, device=dev)
+        self.results_host = torch.zeros(B, L + 3, dtype=torch.float32, pin_memory=pinned)
+        self.logits = torch.zeros(B, L, self.model.config.vocab_size, dtype=torch.float32, device=dev)
 
-    def _static_step(self, size: int, with_y: bool = False) -> StepOut:
-        v = {k: t[:size] for k, t in self.buf.items()}
-        carry = self.model.reset(Carry(v["z_H"], v["z_L"]), v["fresh"])
-        return search_step(
-            self.model,
-            carry,
-            v["inputs"],
-            v["puzzle_ids"],
-            v["seeds"],
-            v["steps"],
-            v["sigma_z"],
-            v["sigma_y"] if with_y else None,
-        )
+    def _static_step(self, size: int) -> None:
+        """One step of the first `size` rows of the static buffers, from metadata to results: what a graph holds."""
+        L = self.model.config.seq_len
+        m = self.meta[:size]
+        slot, sigma = m[:, L + 4], m[:, L + 5 :].view(torch.float32)  # [size, 2]: sigma_z, sigma_y
+        carry = self.model.reset(Carry(self.pool_H[slot], self.pool_L[slot]), m[:, L + 3].bool())
+        out = search_step(self.model, carry, m[:, :L], m[:, L], m[:, L + 1], m[:, L + 2], sigma[:, 0], sigma[:, 1])
+        self.pool_H.index_copy_(0, slot, out.carry.z_H)
+        self.pool_L.index_copy_(0, slot, out.carry.z_L)
+        r = self.results[:size]
+        r[:, :L] = out.answers
+        r[:, L] = out.q
+        self.has_value, self.has_log_prior = out.value is not None, out.log_prior is not None  # fixed per model
+        if self.has_value:
+            r[:, L + 1] = out.value
+        if self.has_log_prior:
+            r[:, L + 2] = out.log_prior
+        self.logits[:size] = out.logits
 
-    def _run_static(self, b: Batch, idx: torch.Tensor) -> StepOut:
-        n = len(b.slots)
+    def _run_static(self, b: Batch) -> StepResult:
+        n, L = len(b.slots), self.model.config.seq_len
         size = self.padded(n)
-        self.buf["z_H"][:n] = self.pool_H[idx]
-        self.buf["z_L"][:n] = self.pool_L[idx]
-        self.buf["fresh"][:n] = torch.as_tensor(b.fresh)
-        self.buf["fresh"][n:size] = True  # padding rows start from the initial carry: finite and never read
-        for name in ("inputs", "puzzle_ids", "seeds", "steps", "sigma_z", "sigma_y"):
-            self.buf[name][:n] = torch.as_tensor(getattr(b, name))
-        self.buf["sigma_z"][n:size] = 0
-        with_y = bool(b.sigma_y.any())
-        if size in self.graphs and not with_y:  # graphs hold the z-noise step; y noise (an ablation) runs eagerly
-            graph, out = self.graphs[size]
-            graph.replay()
-            return out
-        return self._static_step(size, with_y)
+        meta = self.meta_host[:size].numpy()
+        meta[:n, :L] = b.inputs
+        meta[:n, L], meta[:n, L + 1], meta[:n, L + 2], meta[:n, L + 3], meta[:n, L + 4] = (
+            b.puzzle_ids,
+            b.seeds,
+            b.steps,
+            b.fresh,
+            b.slots,
+        )
+        meta[:n, L + 5 :].view(np.float32)[:] = np.stack((b.sigma_z, b.sigma_y), axis=1)
+        meta[n:] = 0  # padding rows: fresh, noiseless, on the scratch slot
+        meta[n:, L + 3], meta[n:, L + 4] = 1, self.scratch
+        self.meta[:size].copy_(self.meta_host[:size], non_blocking=True)
+        if size in self.graphs:
+            self.graphs[size].replay()
+        else:
+            self._static_step(size)
+        self.results_host[:n].copy_(self.results[:n], non_blocking=True)
+        probs = self.logits[:n].softmax(-1).cpu().numpy() if b.want_probs else None
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # the one wait of a step
+        r = self.results_host[:n].numpy()
+        extra = lambda col, present: r[:, col].copy() if present else None  # noqa: E731
+        return StepResult(
+            r[:, :L].astype(np.int64),
+            r[:, L].copy(),
+            extra(L + 1, self.has_value),
+            extra(L + 2, self.has_log_prior),
+            probs,
+        )
 
     @torch.inference_mode()
     def _capture(self) -> None:
@@ -185,7 +213,7 @@ class Runner:
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool):
-                out = self._static_step(size)
+                self._static_step(size)
             pool = graph.pool()
-            self.graphs[size] = (graph, out)
+            self.graphs[size] = graph
         torch.cuda.synchronize()
