@@ -13,6 +13,7 @@ from clients.client import (
     Timeout,
     Unavailable,
 )
+from clients.stream import Progress
 
 __all__ = [
     "APIError",
@@ -22,6 +23,7 @@ __all__ = [
     "GenerateResult",
     "NotFound",
     "Overloaded",
+    "Progress",
     "ServerError",
     "SolveResult",
     "Timeout",

@@ -2,6 +2,7 @@
 
     engine-client solve '53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79'
     engine-client solve --file puzzle.txt --rollouts 16 --early-exit verified
+    engine-client solve --watch --strategy commit PUZZLE     # the grid redrawn as the search runs
     engine-client generate --count 3 --kind puzzle --clues 30 --seed 1
     engine-client models
 
@@ -17,6 +18,8 @@ import os
 import sys
 
 from clients.client import DEFAULT_URL, APIError, Client
+from clients.stream import Progress
+from clients.watch import Watcher
 
 
 def render(task: str, grid) -> str:
@@ -50,6 +53,28 @@ def read_puzzle(args) -> str:
     return "\n".join(lines).strip()
 
 
+def givens(puzzle: str) -> set[int]:
+    """The given cells of a Sudoku text puzzle (drawn bold by --watch); none for other forms."""
+    text = "".join(puzzle.split())
+    return {i for i, ch in enumerate(text) if ch in "123456789"} if len(text) == 81 else set()
+
+
+def watched(stream, given: set[int] = frozenset()):
+    """A call like `solve` that streams: draws each progress event, erases the drawing, returns the result."""
+
+    def call(*args, **kwargs):
+        watcher, result = Watcher(sys.stdout, given), None
+        for event in stream(*args, **kwargs):
+            if isinstance(event, Progress):
+                watcher.progress(event)
+            else:
+                result = event
+        watcher.clear()
+        return result
+
+    return call
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="engine-client", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -75,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--diversity", choices=["noise", "augment", "both", "none"])
     s.add_argument("--max-nodes", type=int, help="commit search: nodes expanded at most")
     s.add_argument("--timeout-s", type=float, help="the server-side deadline")
+    s.add_argument("--watch", action="store_true", help="stream the search: redraw the grid after each step")
 
     g = sub.add_parser("generate", help="sample grids or puzzles from the GRAM generator")
     g.add_argument("--count", type=int, default=1)
@@ -83,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--model")
     g.add_argument("--method", choices=["commit", "prior"])
+    g.add_argument("--watch", action="store_true", help="stream the decoding: redraw the grid as cells are committed")
 
     sub.add_parser("models", help="list the loaded models")
     args = p.parse_args(argv)
@@ -90,8 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     with Client(args.url, timeout=args.timeout, max_retries=args.retries) as client:
         try:
             if args.command == "solve":
-                res = client.solve(
-                    read_puzzle(args),
+                puzzle = read_puzzle(args)
+                call = watched(client.solve_stream, givens(puzzle)) if args.watch else client.solve
+                res = call(
+                    puzzle,
                     task=args.task,
                     model=args.model,
                     timeout_s=args.timeout_s,
@@ -119,9 +148,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"commit search: {r['nodes']} nodes, {r['backtracks']} backtracks, {r['row_steps']} row-steps"
                     )
             elif args.command == "generate":
-                res = client.generate(
-                    args.count, args.kind, args.clues, args.seed, model=args.model, method=args.method
-                )
+                call = watched(client.generate_stream) if args.watch else client.generate
+                res = call(args.count, args.kind, args.clues, args.seed, model=args.model, method=args.method)
                 if args.json:
                     print(json.dumps(res.raw, indent=2))
                     return

@@ -4,20 +4,37 @@ Errors are typed (`BadRequest`, `NotFound`, `Overloaded`, `Unavailable`, `Timeou
 429 and 503 answers and connection failures are retried up to `max_retries` times, waiting the server's
 `Retry-After` when it sends one (0-60 s) and an exponential backoff with jitter otherwise (openai-python's
 `_should_retry` policy). A 504 (the server's deadline) is not retried.
+
+`solve_stream` / `generate_stream` ask for Server-Sent Events and yield `Progress` events as the search runs, then the
+result (clients/stream.py); an `error` event raises the typed error; only a refusal before the stream starts is retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from clients.stream import MEDIA_TYPE, EventDecoder, Progress
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUS = (429, 503)
+# the status an `error` event's type stands for (the stream itself answered 200); server/errors.py has the table
+STATUS_OF_TYPE = {
+    "overloaded": 429,
+    "unavailable": 503,
+    "deadline_exceeded": 504,
+    "not_found": 404,
+    "cancelled": 499,
+    "internal": 500,
+    "engine_error": 500,
+}
 
 
 class APIError(Exception):
@@ -98,7 +115,12 @@ def parse_error(response: httpx.Response) -> APIError:
     except Exception:
         kind, message = "http_error", response.text[:500]
     status, rid = response.status_code, response.headers.get("x-request-id")
-    retry_after = _retry_after(response)
+    return typed_error(status, kind, message, rid, _retry_after(response))
+
+
+def typed_error(
+    status: int, kind: str, message: str, rid: str | None = None, retry_after: float | None = None
+) -> APIError:
     if status == 429:
         return Overloaded(status, kind, message, rid, retry_after=retry_after)
     if status == 503:
@@ -110,6 +132,16 @@ def parse_error(response: httpx.Response) -> APIError:
     if status >= 500:
         return ServerError(status, kind, message, rid)
     return BadRequest(status, kind, message, rid)
+
+
+def event_error(data: str, rid: str | None) -> APIError:
+    """An `error` event's data (the server's error shape) -> the typed exception."""
+    try:
+        body = json.loads(data)["error"]
+        kind, message = body["type"], body["message"]
+    except Exception:
+        kind, message = "stream_error", data[:500]
+    return typed_error(STATUS_OF_TYPE.get(kind, 422 if kind.startswith("invalid") else 500), kind, message, rid)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -156,6 +188,24 @@ class _Base:
             raise parse_error(response)
         return response.json()
 
+    @staticmethod
+    def _event(decoded: tuple[str, str], result_type, rid: str | None):
+        """A decoded event -> a Progress, the result, or None at `done`; raises at `error`. Other events are skipped
+        before (EVENTS)."""
+        event, data = decoded
+        if event == "progress":
+            return Progress.from_json(json.loads(data))
+        if event == "result":
+            return result_type.from_json(json.loads(data))
+        if event == "error":
+            raise event_error(data, rid)
+        return None
+
+
+EVENTS = ("progress", "result", "error", "done")
+STREAM_HEADERS = {"accept": MEDIA_TYPE}
+ENDED = "the event stream ended before its result"
+
 
 def _connect_error(e: httpx.TransportError) -> APIError:
     if isinstance(e, httpx.TimeoutException):
@@ -190,6 +240,40 @@ class Client(_Base):
 
     def solve(self, puzzle: str | list, **kwargs) -> SolveResult:
         return SolveResult.from_json(self.request("POST", "/solve", solve_body(puzzle, **kwargs)))
+
+    def solve_stream(self, puzzle: str | list, **kwargs) -> Iterator[Progress | SolveResult]:
+        """`solve`, watched: Progress events as the search runs, then the SolveResult."""
+        return self._stream("/solve", solve_body(puzzle, **kwargs), SolveResult)
+
+    def generate_stream(
+        self, count: int = 1, kind: str = "grid", clues: int | None = None, seed: int | None = None, **extra
+    ) -> Iterator[Progress | GenerateResult]:
+        return self._stream("/generate", generate_body(count, kind, clues, seed, **extra), GenerateResult)
+
+    def _stream(self, path: str, body: dict, result_type) -> Iterator:
+        body = {**body, "stream": True}
+        for attempt in range(self.max_retries + 1):
+            started = False
+            try:
+                with self._http.stream("POST", path, json=body, headers=STREAM_HEADERS) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise parse_error(response)
+                    started = True  # from here on nothing is retried: events were (or may have been) seen
+                    decoder, rid = EventDecoder(), response.headers.get("x-request-id")
+                    for line in response.iter_lines():
+                        if (decoded := decoder.feed(line)) is None or decoded[0] not in EVENTS:
+                            continue
+                        item = self._event(decoded, result_type, rid)
+                        if item is None:
+                            return
+                        yield item
+                    raise ServerError(0, "stream_ended", ENDED, rid)
+            except (APIError, httpx.TransportError) as e:
+                error = _connect_error(e) if isinstance(e, httpx.TransportError) else e
+                if started or not _retryable(error) or attempt == self.max_retries:
+                    raise error from None
+                time.sleep(self._delay(attempt, error))
 
     def generate(
         self, count: int = 1, kind: str = "grid", clues: int | None = None, seed: int | None = None, **extra
@@ -244,6 +328,40 @@ class AsyncClient(_Base):
 
     async def solve(self, puzzle: str | list, **kwargs) -> SolveResult:
         return SolveResult.from_json(await self.request("POST", "/solve", solve_body(puzzle, **kwargs)))
+
+    def solve_stream(self, puzzle: str | list, **kwargs) -> AsyncIterator[Progress | SolveResult]:
+        """`solve`, watched: `async for` over Progress events, then the SolveResult."""
+        return self._stream("/solve", solve_body(puzzle, **kwargs), SolveResult)
+
+    def generate_stream(
+        self, count: int = 1, kind: str = "grid", clues: int | None = None, seed: int | None = None, **extra
+    ) -> AsyncIterator[Progress | GenerateResult]:
+        return self._stream("/generate", generate_body(count, kind, clues, seed, **extra), GenerateResult)
+
+    async def _stream(self, path: str, body: dict, result_type) -> AsyncIterator:
+        body = {**body, "stream": True}
+        for attempt in range(self.max_retries + 1):
+            started = False
+            try:
+                async with self._http.stream("POST", path, json=body, headers=STREAM_HEADERS) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise parse_error(response)
+                    started = True
+                    decoder, rid = EventDecoder(), response.headers.get("x-request-id")
+                    async for line in response.aiter_lines():
+                        if (decoded := decoder.feed(line)) is None or decoded[0] not in EVENTS:
+                            continue
+                        item = self._event(decoded, result_type, rid)
+                        if item is None:
+                            return
+                        yield item
+                    raise ServerError(0, "stream_ended", ENDED, rid)
+            except (APIError, httpx.TransportError) as e:
+                error = _connect_error(e) if isinstance(e, httpx.TransportError) else e
+                if started or not _retryable(error) or attempt == self.max_retries:
+                    raise error from None
+                await asyncio.sleep(self._delay(attempt, error))
 
     async def generate(
         self, count: int = 1, kind: str = "grid", clues: int | None = None, seed: int | None = None, **extra

@@ -1,4 +1,5 @@
-"""The FastAPI app: /solve, /generate, /v1/models, /healthz, /readyz, /metrics (DESIGN.md "HTTP").
+"""The FastAPI app: /solve, /generate, /v1/models, /healthz, /readyz, /metrics (DESIGN.md "HTTP"), and the web page
+at / that watches a search (server/static/, streamed by server/stream.py).
 
 Checkpoints load in a worker thread started by the lifespan, so /healthz answers at once and /readyz says 503 until
 every engine is up (SERVING.md §2.7). Handlers validate, submit and await; a client that disconnects cancels its
@@ -10,15 +11,17 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from engine.generate import generation_method, grid_params
 from engine.runtime import EngineStopped, Overloaded, TooLarge
 from engine.tasks.solvable import no_solution
-from server import generation
+from server import generation, stream
 from server.errors import ApiError, ClientDisconnected, install
 from server.metrics import CONTENT_TYPE, Metrics
 from server.middleware import RequestContext
@@ -26,8 +29,10 @@ from server.models import ModelNotFound, Models, Solver, card, load_models, scru
 from server.schemas import ErrorResponse, GenerateResponse, ModelList, SolveResponse, build_requests
 from server.settings import Settings
 from server.shutdown import Drain, drain
+from server.stream import Watch
 
 log = logging.getLogger("server")
+STATIC = Path(__file__).resolve().parent / "static"
 ERRORS = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
@@ -114,16 +119,35 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
     async def list_models(models: ModelsDep) -> ModelList:
         return ModelList(data=[card(m, settings.checkpoint_root) for m in models.all()])
 
-    @app.post("/solve", tags=["solve"], responses={c: ERRORS[c] for c in (400, 404, 413, 422, 429, 503, 504)})
+    solve_responses = {200: {"content": stream.OPENAPI}} | {c: ERRORS[c] for c in (400, 404, 413, 422, 429, 503, 504)}
+
+    @app.post("/solve", tags=["solve"], responses=solve_responses)
     async def solve(body: req.Solve, request: Request, models: ModelsDep) -> SolveResponse:  # type: ignore[valid-type]
-        """Solve a puzzle by K rollouts on the shared batching engine; one answer is selected and verified."""
+        """Solve a puzzle by K rollouts on the shared batching engine; one answer is selected and verified. With
+        `stream` (or `Accept: text/event-stream`): Server-Sent Events, `progress` per step, then `result`, `done`."""
+        if stream.wanted(body, request):
+            watch = Watch(models.solver(body.model, body.task).task, settings.stream_max_events_per_s)
+            return await watch.respond(request, _solve(body, request, models, settings, metrics, watch), _json)
         return await cancel_on_disconnect(request, _solve(body, request, models, settings, metrics))
 
-    @app.post("/generate", tags=["generate"], responses={c: ERRORS[c] for c in (400, 404, 413, 422, 429, 503)})
+    generate_responses = {200: {"content": stream.OPENAPI}} | {c: ERRORS[c] for c in (400, 404, 413, 422, 429, 503)}
+
+    @app.post("/generate", tags=["generate"], responses=generate_responses)
     async def generate(body: req.Generate, request: Request, models: ModelsDep) -> GenerateResponse:  # type: ignore[valid-type]
         """Sample complete grids from the GRAM generator (only verified-valid ones are returned), or puzzles made from
-        them with exactly `clues` givens and a solution proven unique by the exact solver."""
+        them with exactly `clues` givens and a solution proven unique by the exact solver. With `stream`: events as
+        for /solve, `progress` carrying the `sample` it is about."""
+        if stream.wanted(body, request):
+            watch = Watch(_generator(models, body)[0].task, settings.stream_max_events_per_s)
+            return await watch.respond(request, _generate(body, request, models, settings, metrics, watch), _json)
         return await cancel_on_disconnect(request, _generate(body, request, models, settings, metrics))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The web page that watches a search (server/static/)."""
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     return app
 
@@ -189,10 +213,25 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+async def _search(engine: Solver, puzzle, params, request: Request, watch: Watch | None, sample: int | None = None):
+    """One engine request, watched when streaming (the watch hears of its admission and of each of its steps)."""
+    listener = watch.listener(sample) if watch is not None else None
+    req = engine.facade.submit(puzzle, params, request_id=request.state.request_id, listener=listener)
+    if watch is not None:
+        watch.admitted.set()
+    return await engine.facade.wait(req)
+
+
+def _json(response) -> dict:
+    return response.model_dump(mode="json")
+
+
 # -- /solve ---------------------------------------------------------------------------------------------------------
 
 
-async def _solve(body, request: Request, models: Models, settings: Settings, metrics: Metrics) -> SolveResponse:
+async def _solve(
+    body, request: Request, models: Models, settings: Settings, metrics: Metrics, watch: Watch | None = None
+) -> SolveResponse:
     start = time.perf_counter()
     solver = models.solver(body.model, body.task)
     task = solver.task
@@ -208,7 +247,7 @@ async def _solve(body, request: Request, models: Models, settings: Settings, met
     except ValueError as e:
         raise ApiError(422, "invalid_request", f"search: {e}") from None
     try:
-        result = await solver.facade.search(tokens, params, request_id=request.state.request_id)
+        result = await _search(solver, tokens, params, request, watch)
     except (Overloaded, TooLarge, EngineStopped) as e:  # refused at admission: count why
         metrics.rejections.labels(solver.name, _reason(e)).inc()
         raise
@@ -256,14 +295,16 @@ def _reason(e: Exception) -> str:
 # -- /generate ------------------------------------------------------------------------------------------------------
 
 
-async def _generate(body, request: Request, models: Models, settings: Settings, metrics: Metrics) -> GenerateResponse:
+async def _generate(
+    body, request: Request, models: Models, settings: Settings, metrics: Metrics, watch: Watch | None = None
+) -> GenerateResponse:
     start = time.perf_counter()
     engine, method = _generator(models, body)
     params = grid_params(method, engine.defaults, body.temperature)
     timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
 
-    async def search(puzzle, p):
-        return await engine.facade.search(puzzle, p, request_id=request.state.request_id)
+    async def search(puzzle, p, sample):
+        return await _search(engine, puzzle, p, request, watch, sample)
 
     try:
         out = await generation.generate(

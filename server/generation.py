@@ -28,7 +28,7 @@ from engine.train.data import carve
 
 PUZZLE_TRIES = 8  # removal orders tried per grid before moving on to the next grid
 
-Search = Callable[[np.ndarray, SearchParams], Awaitable[SearchResult]]
+Search = Callable[[np.ndarray, SearchParams, int], Awaitable[SearchResult]]  # (puzzle, params, sample index)
 
 
 @dataclass
@@ -63,7 +63,10 @@ async def generate(
         n = min(batch, max_samples - out.sampled, max(need, int(np.ceil(need / max(rate, 0.05)))))
         first = out.sampled
         results = await asyncio.gather(
-            *(search(empty, params.replace(seed=kernels.row_seed(seed, first + i), timeout_s=left)) for i in range(n)),
+            *(
+                search(empty, params.replace(seed=kernels.row_seed(seed, first + i), timeout_s=left), first + i)
+                for i in range(n)
+            ),
             return_exceptions=True,
         )
         refused = next((r for r in results if isinstance(r, Overloaded)), None)

@@ -31,6 +31,7 @@ FLAGS = {  # flag -> (settings field, type, help)
     "--max-timeout": ("max_timeout_s", float, "largest timeout_s a request may ask for"),
     "--default-timeout": ("default_timeout_s", float, "deadline of requests that name none"),
     "--max-body-bytes": ("max_body_bytes", int, "request body limit (413 beyond)"),
+    "--stream-max-events-per-s": ("stream_max_events_per_s", float, "progress events a streamed request gets per s"),
     "--drain-timeout": ("drain_timeout_s", float, "seconds to finish admitted work on shutdown"),
     "--idle-timeout": ("idle_timeout_s", float, "seconds a connection may stay open without a request"),
     "--watchdog": ("watchdog_s", float, "readiness fails when an engine makes no step this long with work"),

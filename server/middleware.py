@@ -66,10 +66,12 @@ class RequestContext:
                 await self.app(scope, limited, send_with_id)
         finally:
             path, took = scope["path"], time.perf_counter() - start
+            # a streamed answer is 200 from its first byte; its handler records how it really ended (server/stream.py)
+            result = scope["state"].get("outcome") or outcome(status[0])
             if path in COUNTED:
-                self.metrics.requests.labels(path.strip("/"), outcome(status[0])).inc()
+                self.metrics.requests.labels(path.strip("/"), result).inc()
             if path != "/metrics":
-                fields = {"method": scope["method"], "path": path, "status": status[0], "outcome": outcome(status[0])}
+                fields = {"method": scope["method"], "path": path, "status": status[0], "outcome": result}
                 fields["duration_s"] = round(took, 6)
                 log.info("request", extra={"fields": fields})
             request_id.reset(token)

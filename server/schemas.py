@@ -18,6 +18,10 @@ PUZZLE_DOC = (
     "Text (Sudoku: 81 characters, '.' or '0' for blanks, whitespace ignored) or nested lists of ints (0 blank). "
     "The answer comes back in the same form."
 )
+STREAM_DOC = (
+    "answer with Server-Sent Events (as does `Accept: text/event-stream`): `progress` after supervision steps, then "
+    "`result` (this response body) or `error`, then `done`"
+)
 SUDOKU_EXAMPLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 
 
@@ -67,6 +71,7 @@ def build_requests(s: Settings) -> RequestModels:
         timeout_s: float | None = Field(
             None, gt=0, le=s.max_timeout_s, description=f"deadline; default {s.default_timeout_s} s"
         )
+        stream: bool = Field(False, description=STREAM_DOC)
 
     class GenerateRequest(Strict):
         task: Literal["sudoku"] = "sudoku"
@@ -88,6 +93,7 @@ def build_requests(s: Settings) -> RequestModels:
         temperature: float = Field(1.0, ge=0, le=10, description="commit: sampling temperature of committed values")
         model: str | None = Field(None, max_length=256)
         timeout_s: float | None = Field(None, gt=0, le=s.max_timeout_s)
+        stream: bool = Field(False, description=STREAM_DOC)
 
     return RequestModels(SearchIn, SolveRequest, GenerateRequest)
 

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     max_generate_samples: int = Field(256, ge=1)  # grids one request may decode to find valid distinct ones
     generate_batch: int = Field(64, ge=1)  # grids one /generate request decodes at once (a round)
 
+    # streamed answers (server/stream.py): progress events per second at most, per request; the result always goes
+    stream_max_events_per_s: float = Field(10.0, gt=0)
+
     drain_timeout_s: float = Field(30.0, ge=0)
     idle_timeout_s: float = Field(5.0, gt=0)  # a connection with no request (or headers still coming) is closed
     watchdog_s: float = Field(120.0, gt=0)  # /readyz turns 503 when an engine makes no step this long with work
