@@ -469,3 +469,7 @@ def _print_sweep(sweeps: dict) -> None:
         for x, r in sweeps[axis].items():
             cols = [r.get(m, r["exact_accuracy"]) for m in ("pass_at_k", "best_q_at_k", "mode_at_k", "exact_accuracy")]
             print(f"{x:>5}  " + "  ".join(f"{100 * c:8.2f}" for c in cols))
+
+
+if __name__ == "__main__":
+    main()
