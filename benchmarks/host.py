@@ -60,7 +60,9 @@ def measure(requests: int, params: SearchParams, repeats: int) -> dict:
     per_step = []
     for _ in range(repeats):
         runner = StubRunner(rows, task.seq_len, task.vocab_size)
-        eng = Engine(runner, task, Limits(max_batch=rows, max_requests=requests, max_rows=rows, rows_per_request=params.rollouts))
+        eng = Engine(
+            runner, task, Limits(max_batch=rows, max_requests=requests, max_rows=rows, rows_per_request=params.rollouts)
+        )
         for i, p in enumerate(puzzles):
             eng.submit(Request(task, p, params.replace(seed=i)))
         while eng.busy:

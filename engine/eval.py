@@ -98,6 +98,26 @@ def correct(task: Task, puzzles: np.ndarray, answers: np.ndarray, solutions: np.
     return task.verify_batch(puzzles, answers)
 
 
+def waves_curve(task: Task, puzzles: np.ndarray, results: list, solutions: np.ndarray | None, params) -> dict:
+    """{w: {exact_accuracy, row_steps_per_puzzle}} had the search stopped after w waves. Wave w's rows do not depend
+    on later waves, so one run gives the whole curve: a puzzle that needed more than w waves would have ended with
+    the best-q row of its first w (the answer the q selector picks), after w x K x D row-steps."""
+    K, D = params.rollouts, params.steps
+    curve = {}
+    for w in range(1, params.waves + 1):
+        answers, cost = [], 0
+        for r in results:
+            if r.waves <= w:
+                answers.append(r.answer)
+                cost += r.row_steps
+            else:
+                answers.append(r.rows.answers[int(np.argmax(r.rows.q[: w * K]))])
+                cost += w * K * D
+        ok = correct(task, puzzles, np.stack(answers), solutions)
+        curve[w] = {"exact_accuracy": float(ok.mean()), "row_steps_per_puzzle": round(cost / len(results), 1)}
+    return curve
+
+
 def score(
     task: Task,
     puzzles: np.ndarray,
@@ -246,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--early-exit", choices=["off", "verified", "confident"])
     s.add_argument("--strategy", choices=STRATEGIES, help="rollouts (PTRM) or commit (commit, branch, backtrack)")
     s.add_argument("--diversity", choices=DIVERSITY, help="what makes rows differ: noise, augment, both, none")
+    s.add_argument("--waves", type=int, help="rollouts: rounds of K fresh rows, the next only when none verified")
     c = p.add_argument_group("commit search (--strategy commit)")
     c.add_argument("--max-nodes", type=int, help="nodes expanded per puzzle at most")
     c.add_argument("--max-row-steps", type=int, help="row-steps per puzzle at most")
@@ -294,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         early_exit=args.early_exit or ("off" if rollouts == 1 else None),  # K = 1: the plain model, as CARDs quote
         strategy=args.strategy,
         diversity=args.diversity,
+        waves=args.waves,
         max_nodes=args.max_nodes,
         max_row_steps=args.max_row_steps,
         threshold=args.threshold,
@@ -338,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
             result["verified"] = float(task.verify_batch(puzzles, chosen).mean())
     row_steps = sum(r.row_steps for r in results)
     result.update(row_steps=row_steps, row_steps_per_puzzle=round(row_steps / len(puzzles), 1))
+    if params.waves > 1:  # what fewer waves would have given, read off this run (wave w's rows are the same)
+        result["by_waves"] = waves_curve(task, puzzles, results, solutions, params)
     if params.strategy == "commit":
         result.update(
             nodes=round(float(np.mean([r.nodes for r in results])), 2),
@@ -346,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     else:
         result.update(
-            row_steps_saved=round(1 - row_steps / (len(puzzles) * params.rollouts * params.steps), 4),
+            row_steps_saved=round(1 - row_steps / (len(puzzles) * params.rollouts * params.steps * params.waves), 4),
             early_exits=sum(r.finish == "early_exit" for r in results),
         )
     if args.counts or args.coverage:

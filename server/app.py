@@ -271,6 +271,7 @@ async def _solve(
         finish=result.finish,
         strategy=params.strategy,
         diversity=params.diversity,
+        waves=result.waves,
         nodes=result.nodes,
         backtracks=result.backtracks,
         committed=result.committed,

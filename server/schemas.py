@@ -53,6 +53,9 @@ def build_requests(s: Settings) -> RequestModels:
         diversity: Literal[DIVERSITY] | None = Field(  # type: ignore[valid-type]
             None, description="what makes the rows differ: PTRM noise, a random symmetry per row, both, none"
         )
+        waves: int | None = Field(
+            None, ge=1, le=s.max_waves, description="rollouts: rounds of K fresh rows, the next only if none verified"
+        )
         max_nodes: int | None = Field(None, ge=1, le=s.max_nodes, description="commit: nodes expanded at most")
         max_row_steps: int | None = Field(
             None, ge=1, le=s.max_rollouts * s.max_steps * s.max_nodes, description="commit: row-steps at most"
@@ -121,6 +124,7 @@ class SolveResponse(BaseModel):
     )
     strategy: str
     diversity: str
+    waves: int = Field(1, description="rollouts: rounds of K rows run")
     nodes: int = Field(0, description="commit: nodes expanded")
     backtracks: int = Field(0, description="commit: returns to an earlier choice")
     committed: int = Field(0, description="commit: cells committed beyond the givens in the last node")

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     max_rollouts: int = Field(256, ge=1)
     max_steps: int = Field(64, ge=1)
     max_nodes: int = Field(256, ge=1)  # commit search: nodes one request may expand
+    max_waves: int = Field(8, ge=1)  # rollouts: rounds of K fresh rows one request may run
     max_timeout_s: float = Field(300.0, gt=0)
     default_timeout_s: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(64 * 1024, ge=256)

@@ -20,6 +20,7 @@ from engine.runtime import (
     TooLarge,
     bucket_ladder,
 )
+from engine.runtime.runner import StepResult
 from engine.search import SearchParams, run_rollouts
 from engine.tasks import get_task
 from engine.tasks.sudoku import Sudoku
@@ -374,3 +375,52 @@ def test_runner_casts_weights_to_the_compute_dtype_once_with_unchanged_answers()
     assert not any(p.requires_grad for p in runner.model.parameters())
     after = model.rollout(x, pid, 3)
     assert all(torch.equal(a, b) for a, b in zip(before, after))  # every use cast them to bf16 already
+
+
+class ScriptedRunner:
+    """The runner's interface without a model: step n (counted from 1) answers `answer_at(n)` for every row."""
+
+    static, mode, kernels = False, "scripted", "none"
+
+    def __init__(self, answer_at, max_batch=8):
+        self.model = TRM(preset("sudoku-tiny"))  # only its config is read
+        self.max_batch, self.slots, self.calls, self.answer_at = max_batch, 2 * max_batch, 0, answer_at
+
+    def padded(self, rows):
+        return rows
+
+    def run(self, batch):
+        self.calls += 1
+        n = len(batch.slots)
+        return StepResult(np.tile(self.answer_at(self.calls), (n, 1)), np.full(n, -3.0, np.float32), None, None)
+
+
+def test_waves_start_fresh_rows_until_one_verifies():
+    solution = SUDOKU.encode("534678912672195348198342567859761423426853791713924856961537284287419635345286179")
+    puzzle = solution.copy()
+    puzzle[::2] = 1
+    wrong = np.full(81, 2)
+    eng = Engine(ScriptedRunner(lambda n: solution if n >= 3 else wrong), SUDOKU, Limits(max_batch=8))
+    p = SearchParams(rollouts=2, steps=2, waves=4, early_exit="verified")
+    (res,) = solve(eng, Request(SUDOKU, puzzle, p))
+    # wave 1: steps 1-2 fail; wave 2's first step verifies
+    assert (res.waves, res.row_steps, res.rollouts, res.finish, res.verified) == (2, 6, 4, "early_exit", True)
+    assert res.selection.index >= 2 and (res.answer == solution).all()
+
+
+def test_waves_without_a_verified_row_run_them_all_and_select_over_every_wave(tiny_model):
+    p = SearchParams(rollouts=3, steps=2, noise=0.5, seed=7, early_exit="verified")
+    (one,) = solve(engine(tiny_model), Request(SUDOKU, puzzle(), p))
+    (three,) = solve(engine(tiny_model), Request(SUDOKU, puzzle(), p.replace(waves=3)))
+    assert (three.waves, three.rollouts, three.row_steps, three.finish) == (3, 9, 18, "completed")
+    assert np.array_equal(three.rows.answers[:3], one.rows.answers)  # wave 1 is the plain rollouts
+    assert not np.array_equal(three.rows.answers[3:6], one.rows.answers)  # later waves draw new noise
+    assert three.selection.index == int(np.argmax(three.rows.q))
+
+
+def test_later_waves_put_every_row_on_a_new_symmetry():
+    req = Request(SUDOKU, puzzle(), SearchParams(rollouts=3, diversity="augment", waves=2))
+    first = req.inputs.copy()
+    assert (first[0] == req.puzzle).all() and not (first[1:] == req.puzzle).all(axis=1).any()
+    req.start_node(req.puzzle)
+    assert not (req.inputs == req.puzzle).all(axis=1).any() and not (req.inputs == first).all(axis=1).any()

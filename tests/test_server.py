@@ -149,7 +149,10 @@ def test_solve_by_commit_search_with_augment_reports_the_search(client):
     again = client.post("/solve", json={"puzzle": PUZZLE, "search": search}).json()
     assert again["solution"] == body["solution"] and again["nodes"] == body["nodes"]
     plain = client.post("/solve", json={"puzzle": PUZZLE, "search": {"rollouts": 2, "steps": 1}}).json()
-    assert plain["strategy"] == "rollouts" and plain["nodes"] == 0
+    assert plain["strategy"] == "rollouts" and plain["nodes"] == 0 and plain["waves"] == 1
+    waves = {"rollouts": 2, "steps": 1, "waves": 3, "early_exit": "off"}  # a random model never verifies: all 3 run
+    three = client.post("/solve", json={"puzzle": PUZZLE, "search": waves}).json()
+    assert (three["waves"], three["rollouts"], three["row_steps"]) == (3, 6, 6)
     text = client.get("/metrics").text
     assert metric(text, "trm_search_committed_cells_count", model="tiny") == 2  # the two commit searches
     assert metric(text, "trm_search_nodes_total", model="tiny") == 0
@@ -161,6 +164,8 @@ def test_solve_by_commit_search_with_augment_reports_the_search(client):
         ({"strategy": "beam"}, "strategy"),
         ({"diversity": "dropout"}, "diversity"),
         ({"max_nodes": 0}, "max_nodes"),
+        ({"waves": 0}, "waves"),
+        ({"waves": 9}, "waves"),
         ({"threshold": 1.5}, "threshold"),
         ({"order": "min"}, "order"),
         ({"mask": "yes"}, "mask"),

@@ -253,10 +253,12 @@ class Engine:
             if self._early_exit(req, rows, verified[span]):
                 continue
             if (req.steps_done >= req.params.steps).all():
-                if req.search is None:
-                    self._resolve(req, "completed")
-                else:
+                if req.search is not None:
                     self._advance(req)
+                elif req.node + 1 < req.params.waves:
+                    self._next_wave(req)
+                else:
+                    self._resolve(req, "completed")
 
     def _notify(self, req: Request) -> None:
         """Tell a watching caller about this step (before it resolves, so its last step comes before its result)."""
@@ -315,6 +317,12 @@ class Engine:
         self.scheduler.free_rows(req, np.arange(req.rows))
         req.start_node(step)
 
+    def _next_wave(self, req: Request) -> None:
+        """Rollouts: every row of this wave ran without an early exit; start K fresh rows on the puzzle."""
+        req.past.append(req.row_view())
+        self.scheduler.free_rows(req, np.arange(req.rows))
+        req.start_node(req.puzzle)
+
     def _finish(self, req: Request, final: Final) -> None:
         """Resolve a commit search with its answer (a row's, or a grid filled by commits)."""
         search, answer = req.search, final.answer
@@ -345,12 +353,13 @@ class Engine:
 
     def _resolve(self, req: Request, finish: str, winner: int | None = None) -> None:
         started = np.flatnonzero(req.steps_done > 0)
-        rows = req.row_view(started)
+        earlier = sum(len(r.q) for r in req.past)  # rows of earlier waves come first
+        rows = Rows.concat([*req.past, req.row_view(started)])
         if self.task.has_rule_verifier:
             rows.verified = self.task.verify_batch(np.broadcast_to(req.puzzle, rows.answers.shape), rows.answers)
         try:
             if winner is not None:
-                selection = selection_of(rows, int(np.searchsorted(started, winner)), "early_exit")
+                selection = selection_of(rows, earlier + int(np.searchsorted(started, winner)), "early_exit")
             else:
                 selection = select(rows, req.params.selector, self.likelihood_fn(req))
         except ValueError as e:
@@ -363,12 +372,13 @@ class Engine:
             selection=selection,
             verified=bool(rows.verified[selection.index]) if rows.verified is not None else None,
             rows=rows,
-            rollouts=len(started),
+            rollouts=earlier + len(started),
             row_steps=req.row_steps,
             steps=int(req.steps_done.max()),
             finish=finish,
             timing=self._timing(req),
             history=req.history,
+            waves=req.node + 1,
         )
         self._deliver(req, result)
 

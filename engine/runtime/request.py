@@ -86,6 +86,7 @@ class SearchResult:
     nodes: int = 0  # commit search: nodes expanded
     backtracks: int = 0
     committed: int = 0  # cells committed beyond the givens in the last node
+    waves: int = 1  # rollouts: rounds of K rows run (SearchParams.waves)
 
 
 @dataclass(eq=False)
@@ -108,6 +109,7 @@ class Request:
         self.started: float | None = None
         self.cancelled = False
         self.row_steps = 0  # over every node
+        self.past: list[Rows] = []  # rollouts: the rows of earlier waves
         self.search = CommitSearch(self.task, self.puzzle, self.params) if self.params.strategy == "commit" else None
         self.final: Final | None = None  # commit search: answered before any row ran (e.g. the mask filled it)
         self.node = -1
@@ -134,8 +136,9 @@ class Request:
         self.unsym: Symmetry | None = None  # per row: its frame -> the puzzle's (augment)
         self.inputs = np.broadcast_to(grid, (K, L))
         if p.augmented:
-            # Row 0 keeps the puzzle's frame when solving; sampling (temperature > 0) wants every row random.
-            first = 0 if p.temperature > 0 else 1
+            # Row 0 keeps the puzzle's frame when solving; sampling (temperature > 0) and later waves of rollouts (whose
+            # identity row would repeat the first wave's) want every row random.
+            first = 0 if p.temperature > 0 or (self.node > 0 and self.search is None) else 1
             syms = [Symmetry.identity(L, self.task.vocab_size)] * first
             for r in range(first, K):
                 sym = self.task.symmetry(np.random.default_rng([p.seed, self.node, r]))
@@ -160,6 +163,14 @@ class Request:
     @property
     def rows(self) -> int:
         return self.params.rollouts
+
+    @property
+    def row_steps_left(self) -> int:
+        """Row-steps this request may still run (a best-effort read of the engine thread's arrays): the current
+        node's or wave's rows, plus the waves not started (a commit search's later nodes are unknown)."""
+        p = self.params
+        later = (p.waves - 1 - self.node) * p.rollouts * p.steps if self.search is None else 0
+        return int((p.steps - self.steps_done).sum()) + later
 
     @property
     def deadline(self) -> float:

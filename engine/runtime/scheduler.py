@@ -100,7 +100,7 @@ class Scheduler:
         if pace <= 0:  # nothing measured yet: one request at a time until the first step gives a pace
             raise DeadlineUnmet(None, timeout, 1.0)
         ahead = self._work()
-        own = request.rows * request.params.steps
+        own = request.row_steps_left
         need = (ahead + own) / pace
         if need * DEADLINE_MARGIN <= left:
             return
@@ -110,7 +110,7 @@ class Scheduler:
 
     def _work(self) -> int:
         """Row-steps the admitted requests still have to run (a best-effort read of the engine thread's arrays)."""
-        return sum(int((r.params.steps - r.steps_done).sum()) for r in list(self.active) + list(self._inbox))
+        return sum(r.row_steps_left for r in list(self.active) + list(self._inbox))
 
     @staticmethod
     def _seconds(s: float) -> float:

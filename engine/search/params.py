@@ -26,6 +26,9 @@ DEFAULT_ROLLOUTS = 16
 @dataclass(frozen=True, slots=True)
 class SearchParams:
     rollouts: int = 1  # K rows, each an independent rollout
+    # rollouts: up to this many rounds of K fresh rows (new seeds and symmetries) on the puzzle, the next only when
+    # the last ended without an early exit; K rows at a time, so hard puzzles get more rows and easy ones pay for one
+    waves: int = 1
     steps: int = 16  # D supervision steps per row (no ACT halting: PTRM §3.2)
     noise: float = 0.0  # sigma of the N(0, sigma^2) added before every step (TRM); unused by GRAM (learned prior)
     noise_target: str = "z"
@@ -49,6 +52,7 @@ class SearchParams:
 
     def __post_init__(self):
         _require(self.rollouts >= 1, f"rollouts must be at least 1, got {self.rollouts}")
+        _require(self.waves >= 1, f"waves must be at least 1, got {self.waves}")
         _require(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         _require(self.noise >= 0, f"noise must be non-negative, got {self.noise}")
         _require(self.noise_target in NOISE_TARGETS, f"noise_target must be one of {NOISE_TARGETS}")

@@ -26,6 +26,14 @@ class Rows:
     value: np.ndarray | None = None  # [K] LPRM estimates
     log_prior: np.ndarray | None = None  # [K] prior log-density of the sampled GRAM trajectory
 
+    @staticmethod
+    def concat(parts: list[Rows]) -> Rows:
+        """The rows of several waves, in order."""
+        cat = lambda name: (  # noqa: E731
+            None if getattr(parts[0], name) is None else np.concatenate([getattr(p, name) for p in parts])
+        )
+        return Rows(*(cat(name) for name in ("answers", "q", "verified", "value", "log_prior")))
+
 
 @dataclass(frozen=True)
 class Selection:

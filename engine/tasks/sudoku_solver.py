@@ -21,6 +21,7 @@ _BOX = 18 + (_CELLS // 27) * 3 + (_CELLS % 9) // 3
 _UNITS = np.array([[c for c in range(81) if u in (_ROW[c], _COL[c], _BOX[c])] for u in range(27)], dtype=np.int64)
 _POPCOUNT = np.array([bin(m).count("1") for m in range(512)], dtype=np.int64)
 
+
 @njit(cache=True)
 def verify_tokens(puzzles, answers, out):
     """out[b] = answers[b] (int64 [B, 81] tokens) is a complete grid that keeps puzzles[b]'s givens and repeats no
