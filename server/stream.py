@@ -125,7 +125,8 @@ class Watch:
         request.state.outcome = "cancelled"  # until the end is sent: a client that leaves early cancelled it
         try:
             while True:
-                getter = asyncio.ensure_future(self.queue.get())
+                if getter is None or getter.done():  # a getter still waiting keeps its place (no event is lost)
+                    getter = asyncio.ensure_future(self.queue.get())
                 done, _ = await asyncio.wait({getter, cutoff}, timeout=PING_S, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     if cutoff in done:

@@ -204,6 +204,19 @@ def test_events_are_rate_limited_and_the_result_always_arrives(ckpt_dir, monkeyp
         assert json.loads(events[-2][1])["steps"] == 60
 
 
+def test_a_quiet_stream_sends_keep_alive_comments(ckpt_dir, monkeypatch):
+    monkeypatch.setattr("server.stream.PING_S", 0.05)
+    with TestClient(app_for(ckpt_dir, stream_max_events_per_s=0.1)) as c:  # one progress event, then quiet
+        wait_ready(c)
+        run = solver(c).engine.runner.run
+        monkeypatch.setattr(solver(c).engine.runner, "run", lambda batch: (time.sleep(0.1), run(batch))[1])
+        body = {"puzzle": PUZZLE, "stream": True, "search": {"rollouts": 1, "steps": 4, "early_exit": "off"}}
+        with c.stream("POST", "/solve", json=body) as r:
+            text = r.read().decode()
+    assert ": ping\n\n" in text[text.index("event: progress") :]  # between the one progress event and the result
+    assert names(sse(text)) == "progress result done"  # the comments are not events
+
+
 def test_generate_streams_its_samples_and_ends_with_the_plain_response(fast):
     body = {"count": 1, "seed": 3}
     events = stream(fast, "/generate", body)
@@ -243,6 +256,25 @@ def test_a_client_leaving_mid_stream_cancels_the_rows(ckpt_dir):
         assert eng.stats.row_steps == steps > 0  # nothing runs any more
         text = httpx.get(live.url + "/metrics").text
         assert metric(text, "trm_requests_total", endpoint="solve", outcome="cancelled") == 1
+
+
+def test_a_drain_cut_off_ends_the_stream_with_a_503_error_event(ckpt_dir):
+    app = app_for(ckpt_dir, max_steps=10**6, **FAST)
+    with LiveServer(app) as live:
+        eng = next(iter(app.state.models.solvers.values())).engine
+        body = {"puzzle": PUZZLE, "search": {"rollouts": 2, "steps": 10**6}, "stream": True}
+        with httpx.stream("POST", live.url + "/solve", json=body, timeout=10) as r:
+            lines = r.iter_lines()
+            assert next(lines) == "event: progress"
+            (work,) = app.state.drain.inflight  # the stream's work is in flight for the drain to wait for
+            work.get_loop().call_soon_threadsafe(app.state.drain.cutoff.set)  # what a drain timeout does
+            events = sse("\n".join(["event: progress", *lines]) + "\n")
+        error = json.loads(events[-2][1])["error"]
+        assert names(events).endswith("error done") and error["type"] == "unavailable" and "drain" in error["message"]
+        end = time.monotonic() + 10
+        while (eng.busy or app.state.drain.inflight) and time.monotonic() < end:
+            time.sleep(0.02)
+        assert not eng.busy and not app.state.drain.inflight
 
 
 def test_client_iterators_yield_typed_events_then_the_result(ckpt_dir):
