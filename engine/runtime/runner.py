@@ -1,8 +1,9 @@
 """The runner: owns the model and the rows' carries, and runs one supervision step for any set of rows.
 
 Carries live in a slot pool ([slots + 1, total_len, hidden] for z_H and z_L; the last slot is scratch for padding
-rows); each step gathers the scheduled rows' slots, runs, and scatters the new carries back, so rows of different requests can join and leave at any step
-boundary. The runner casts the model's weights to its compute dtype in place (`inference_weights`). Two modes:
+rows); each step gathers the scheduled rows' slots, runs, and scatters the new carries back, so rows of different
+requests can join and leave at any step boundary. The runner casts the model's weights to its compute dtype in place
+(`inference_weights`). Two modes:
 - eager (the CPU default): the step runs on exactly the scheduled rows;
 - static (the CUDA default): rows are copied into fixed buffers padded to the smallest bucket of a ladder, and on
   CUDA one graph per bucket is captured for the step (SERVING.md §2.3), gather and scatter included. Seeds, steps
