@@ -3,7 +3,8 @@
     python benchmarks/search_plot.py OUT.png r1.json r2.json ...
 
 Each point is labelled by strategy, diversity and K x D; x is the mean row-steps per puzzle (every row's supervision
-steps, over every commit-search node), y the exact accuracy. Results on different puzzle files should not share a plot.
+steps, over every commit-search node), y the exact accuracy. A run with `by_depth` or `by_waves` (engine-eval reads
+them off one run) also draws the curve through its smaller budgets. Results on different puzzle files should not share a plot.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ def label(r: dict) -> str:
     name = "commit" if r.get("strategy") == "commit" else "rollouts"
     if r.get("policy") == "uniform":
         return "commit, uniform policy"
-    return f"{name}, {r.get('diversity', 'noise')}, K={r['rollouts']} D={r['steps']}"
+    n = r.get("waves") or len(r.get("by_waves", {})) or 1
+    waves = f" x {n} waves" if n > 1 else ""
+    return f"{name}, {r.get('diversity', 'noise')}, K={r['rollouts']}{waves} D={r['steps']}"
 
 
 def main(argv: list[str]) -> None:
@@ -32,7 +35,18 @@ def main(argv: list[str]) -> None:
         raise SystemExit("search_plot: the results are on different puzzle files")
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for r in results:
+        if not r["row_steps"]:  # the uniform policy runs no rows: it has no place on this axis
+            continue
         x, y = r["row_steps"] / r["n"], 100 * r["exact_accuracy"]
+        for key, unit in (("by_depth", "D"), ("by_waves", "waves")):
+            if key in r:  # the same run stopped earlier: a curve through the smaller budgets
+                points = sorted((int(k), v) for k, v in r[key].items())
+                xs = [v["row_steps_per_puzzle"] for _, v in points]
+                ys = [100 * v["exact_accuracy"] for _, v in points]
+                ax.plot(xs, ys, marker=".", alpha=0.6)
+                for (k, _), xk, yk in zip(points, xs, ys):
+                    if k > 2:
+                        ax.annotate(f"{unit}={k}", (xk, yk), textcoords="offset points", xytext=(3, -9), fontsize=6)
         ax.scatter(x, y, s=40)
         ax.annotate(label(r), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")

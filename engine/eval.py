@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         early_exit=params.early_exit,
         strategy=params.strategy,
         diversity=params.diversity,
+        waves=params.waves,
         **(
             dict(
                 max_nodes=params.max_nodes,
