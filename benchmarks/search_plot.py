@@ -4,7 +4,8 @@
 
 Each point is labelled by strategy, diversity and K x D; x is the mean row-steps per puzzle (every row's supervision
 steps, over every commit-search node), y the exact accuracy. A run with `by_depth` or `by_waves` (engine-eval reads
-them off one run) also draws the curve through its smaller budgets. Results on different puzzle files should not share a plot.
+them off one run) also draws the curve through its smaller budgets. Results on different puzzle files should not
+share a plot.
 """
 
 from __future__ import annotations
