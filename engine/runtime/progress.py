@@ -18,7 +18,7 @@ from engine.runtime.request import Request
 class Progress:
     request_id: str
     step: int  # supervision steps the current node's furthest row has run
-    node: int  # commit search: the node being expanded (0-based); rollouts: 0
+    node: int  # commit search: the node being expanded (0-based); rollouts: the wave (0 unless waves > 1)
     rows: int  # rows of the current node that have run at least one step
     row_steps: int  # supervision steps so far, summed over rows and nodes
     consensus: np.ndarray  # [L] tokens: per cell, the answer most of those rows give
