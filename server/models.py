@@ -160,6 +160,7 @@ def card(m: Solver, root: Path) -> dict:
         kernels_fallback=kernels.fallback(),  # why the fused kernels stopped (a failed launch), else None
         defaults={
             "rollouts": d.rollouts,
+            "waves": d.waves,
             "steps": d.steps,
             "noise": d.noise,
             "selector": d.selector,

@@ -424,3 +424,17 @@ def test_later_waves_put_every_row_on_a_new_symmetry():
     assert (first[0] == req.puzzle).all() and not (first[1:] == req.puzzle).all(axis=1).any()
     req.start_node(req.puzzle)
     assert not (req.inputs == req.puzzle).all(axis=1).any() and not (req.inputs == first).all(axis=1).any()
+
+
+def test_a_wave_that_could_not_finish_before_the_deadline_is_not_started():
+    """Waves stop early and answer with the best row so far, rather than run into the deadline and fail."""
+
+    class Slow(ScriptedRunner):
+        def run(self, batch):
+            time.sleep(0.2)  # one row-step per 0.2 s: the pace the engine measures
+            return super().run(batch)
+
+    eng = Engine(Slow(lambda n: np.full(81, 2)), SUDOKU, Limits(max_batch=8))
+    p = SearchParams(rollouts=1, steps=1, waves=8, early_exit="verified", timeout_s=1.0)
+    (res,) = solve(eng, Request(SUDOKU, puzzle(), p))  # all 8 waves would take 1.6 s
+    assert 2 <= res.waves < 8 and res.finish == "completed" and res.rollouts == res.waves

@@ -318,7 +318,13 @@ class Engine:
         req.start_node(step)
 
     def _next_wave(self, req: Request) -> None:
-        """Rollouts: every row of this wave ran without an early exit; start K fresh rows on the puzzle."""
+        """Rollouts: every row of this wave ran without an early exit; start K fresh rows on the puzzle, unless at
+        the measured pace they could not finish before the deadline: then answer now with the best row so far."""
+        pace = self.scheduler.row_steps_per_s
+        wave = req.rows * req.params.steps
+        if pace > 0 and time.monotonic() + (self.scheduler.work() + wave) / pace > req.deadline:
+            self._resolve(req, "completed")
+            return
         req.past.append(req.row_view())
         self.scheduler.free_rows(req, np.arange(req.rows))
         req.start_node(req.puzzle)

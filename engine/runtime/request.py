@@ -168,11 +168,10 @@ class Request:
 
     @property
     def row_steps_left(self) -> int:
-        """Row-steps this request may still run (a best-effort read of the engine thread's arrays): the current
-        node's or wave's rows, plus the waves not started (a commit search's later nodes are unknown)."""
-        p = self.params
-        later = (p.waves - 1 - self.node) * p.rollouts * p.steps if self.search is None else 0
-        return int((p.steps - self.steps_done).sum()) + later
+        """Row-steps the current node or wave still has to run (a best-effort read of the engine thread's arrays).
+        Later waves are left out: most requests end in their first, and a wave that could not finish before the
+        deadline is not started (Engine._next_wave)."""
+        return int((self.params.steps - self.steps_done).sum())
 
     @property
     def deadline(self) -> float:

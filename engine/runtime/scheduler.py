@@ -99,7 +99,7 @@ class Scheduler:
         left = request.deadline - time.monotonic()
         if pace <= 0:  # nothing measured yet: one request at a time until the first step gives a pace
             raise DeadlineUnmet(None, timeout, 1.0)
-        ahead = self._work()
+        ahead = self.work()
         own = request.row_steps_left
         need = (ahead + own) / pace
         if need * DEADLINE_MARGIN <= left:
@@ -108,7 +108,7 @@ class Scheduler:
         fits = max(0.0, timeout / DEADLINE_MARGIN - own / pace)
         raise DeadlineUnmet(need, timeout, self._seconds(ahead / pace - fits))
 
-    def _work(self) -> int:
+    def work(self) -> int:
         """Row-steps the admitted requests still have to run (a best-effort read of the engine thread's arrays)."""
         return sum(r.row_steps_left for r in list(self.active) + list(self._inbox))
 
@@ -120,7 +120,7 @@ class Scheduler:
         """Seconds until the queued work would be done at the recent pace (1 when it is not measured yet)."""
         if self.row_steps_per_s <= 0:
             return 1.0
-        return self._seconds(self._work() / self.row_steps_per_s)
+        return self._seconds(self.work() / self.row_steps_per_s)
 
     @property
     def queued(self) -> tuple[int, int]:
