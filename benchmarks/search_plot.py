@@ -3,9 +3,8 @@
     python benchmarks/search_plot.py OUT.png r1.json r2.json ...
 
 Each point is labelled by strategy, diversity and K x D; x is the mean row-steps per puzzle (every row's supervision
-steps, over every commit-search node), y the exact accuracy. A run with `by_depth` or `by_waves` (engine-eval reads
-them off one run) also draws the curve through its smaller budgets. Results on different puzzle files should not
-share a plot.
+steps, over every commit-search node), y the exact accuracy. A run with `by_waves` (engine-eval reads it off one
+run) also draws the curve through its fewer waves. Results on different puzzle files should not share a plot.
 """
 
 from __future__ import annotations
@@ -39,15 +38,13 @@ def main(argv: list[str]) -> None:
         if not r["row_steps"]:  # the uniform policy runs no rows: it has no place on this axis
             continue
         x, y = r["row_steps"] / r["n"], 100 * r["exact_accuracy"]
-        for key, unit in (("by_depth", "D"), ("by_waves", "waves")):
-            if key in r:  # the same run stopped earlier: a curve through the smaller budgets
-                points = sorted((int(k), v) for k, v in r[key].items())
-                xs = [v["row_steps_per_puzzle"] for _, v in points]
-                ys = [100 * v["exact_accuracy"] for _, v in points]
-                ax.plot(xs, ys, marker=".", alpha=0.6)
-                for (k, _), xk, yk in zip(points, xs, ys):
-                    if k > 2:
-                        ax.annotate(f"{unit}={k}", (xk, yk), textcoords="offset points", xytext=(3, -9), fontsize=6)
+        if "by_waves" in r:  # the same run stopped after fewer waves: a curve through the smaller budgets
+            points = sorted((int(k), v) for k, v in r["by_waves"].items())
+            xs = [v["row_steps_per_puzzle"] for _, v in points]
+            ys = [100 * v["exact_accuracy"] for _, v in points]
+            ax.plot(xs, ys, marker=".", alpha=0.6)
+            for (k, _), xk, yk in zip(points, xs, ys):
+                ax.annotate(f"{k} wave{'s' * (k > 1)}", (xk, yk), textcoords="offset points", xytext=(3, -9), fontsize=6)
         ax.scatter(x, y, s=40)
         ax.annotate(label(r), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")

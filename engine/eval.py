@@ -118,21 +118,6 @@ def waves_curve(task: Task, puzzles: np.ndarray, results: list, solutions: np.nd
     return curve
 
 
-def depth_curve(task: Task, puzzles: np.ndarray, results: list, solutions: np.ndarray | None, params) -> dict:
-    """{d: {exact_accuracy, row_steps_per_puzzle}} for D = d on the ladder, read off one run of rollouts that exit
-    early on a verified row. A row's first d steps do not depend on D, and a correct answer always verifies, so a
-    puzzle is solved at depth d exactly when its early exit came by step d; otherwise it cost K x d row-steps."""
-    K = params.rollouts
-    curve = {}
-    for d in ladder(params.steps):
-        hit = np.array([r.finish == "early_exit" and r.steps <= d for r in results])
-        answers = np.stack([r.answer for r in results])
-        ok = hit & correct(task, puzzles, answers, solutions)
-        cost = sum(r.row_steps if h else K * d for r, h in zip(results, hit))
-        curve[d] = {"exact_accuracy": float(ok.mean()), "row_steps_per_puzzle": round(cost / len(results), 1)}
-    return curve
-
-
 def score(
     task: Task,
     puzzles: np.ndarray,
@@ -377,9 +362,6 @@ def main(argv: list[str] | None = None) -> None:
     result.update(row_steps=row_steps, row_steps_per_puzzle=round(row_steps / len(puzzles), 1))
     if params.waves > 1:  # what fewer waves would have given, read off this run (wave w's rows are the same)
         result["by_waves"] = waves_curve(task, puzzles, results, solutions, params)
-    exits_verified = params.early_exit == "verified" and task.has_rule_verifier
-    if params.strategy == "rollouts" and params.waves == 1 and exits_verified:
-        result["by_depth"] = depth_curve(task, puzzles, results, solutions, params)
     if params.strategy == "commit":
         result.update(
             nodes=round(float(np.mean([r.nodes for r in results])), 2),

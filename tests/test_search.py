@@ -100,25 +100,15 @@ def test_params_validation_and_defaults():
     assert SearchParams(noise=0.3).sigma_y == 0.0
 
 
-def test_depth_and_wave_curves_read_smaller_budgets_off_one_run():
+def test_the_waves_curve_reads_fewer_waves_off_one_run():
     from types import SimpleNamespace
 
-    from engine.eval import depth_curve, waves_curve
+    from engine.eval import waves_curve
 
     task = get_task("sudoku")
     solution = task.encode("534678912672195348198342567859761423426853791713924856961537284287419635345286179")
     puzzles = np.stack([solution, solution])
     wrong = np.full(81, 2)
-    # K = 2, D = 8: one puzzle exits early at step 3 (6 row-steps), the other runs out (16 row-steps) unsolved
-    results = [
-        SimpleNamespace(finish="early_exit", steps=3, row_steps=6, answer=solution, waves=1),
-        SimpleNamespace(finish="completed", steps=8, row_steps=16, answer=wrong, waves=1),
-    ]
-    params = SearchParams(rollouts=2, steps=8, early_exit="verified")
-    curve = depth_curve(task, puzzles, results, puzzles, params)
-    assert curve[2] == {"exact_accuracy": 0.0, "row_steps_per_puzzle": 4.0}
-    assert curve[4] == {"exact_accuracy": 0.5, "row_steps_per_puzzle": 7.0}  # (6 + 2 x 4) / 2
-    assert curve[8] == {"exact_accuracy": 0.5, "row_steps_per_puzzle": 11.0}
     # waves of K = 2, D = 2: the first puzzle solved in wave 2; the second's best-q row of wave 1 happens to be right
     rows = Rows(np.stack([wrong, solution, wrong, wrong]), np.array([0.0, 1.0, 2.0, 0.5], np.float32))
     results = [
