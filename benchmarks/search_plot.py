@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
             ys = [100 * v["exact_accuracy"] for _, v in points]
             ax.plot(xs, ys, marker=".", alpha=0.6)
             for (k, _), xk, yk in zip(points, xs, ys):
-                ax.annotate(f"{k} wave{'s' * (k > 1)}", (xk, yk), textcoords="offset points", xytext=(3, -9), fontsize=6)
+                ax.annotate(f"{k} w", (xk, yk), textcoords="offset points", xytext=(3, -9), fontsize=6)
         ax.scatter(x, y, s=40)
         ax.annotate(label(r), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
