@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         early_exit=args.early_exit or ("off" if rollouts == 1 else None),  # K = 1: the plain model, as CARDs quote
         strategy=args.strategy,
         diversity=args.diversity,
-        waves=args.waves,
+        waves=args.waves or (1 if rollouts == 1 else None),  # K = 1: the plain model, as CARDs quote
         max_nodes=args.max_nodes,
         max_row_steps=args.max_row_steps,
         threshold=args.threshold,

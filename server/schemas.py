@@ -54,7 +54,7 @@ def build_requests(s: Settings) -> RequestModels:
             None, description="what makes the rows differ: PTRM noise, a random symmetry per row, both, none"
         )
         waves: int | None = Field(
-            None, ge=1, le=s.max_waves, description="rollouts: rounds of K fresh rows, the next only if none verified"
+            None, ge=1, le=s.max_waves, description="rollouts: rounds of K fresh rows, the next only if no early exit"
         )
         max_nodes: int | None = Field(None, ge=1, le=s.max_nodes, description="commit: nodes expanded at most")
         max_row_steps: int | None = Field(

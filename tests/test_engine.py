@@ -438,3 +438,10 @@ def test_a_wave_that_could_not_finish_before_the_deadline_is_not_started():
     p = SearchParams(rollouts=1, steps=1, waves=8, early_exit="verified", timeout_s=1.0)
     (res,) = solve(eng, Request(SUDOKU, puzzle(), p))  # all 8 waves would take 1.6 s
     assert 2 <= res.waves < 8 and res.finish == "completed" and res.rollouts == res.waves
+
+
+def test_waves_need_an_early_exit_rule():
+    """Without early exit there is no reason to stop, so a checkpoint's default waves must not multiply the work."""
+    eng = Engine(ScriptedRunner(lambda n: np.full(81, 2)), SUDOKU, Limits(max_batch=8))
+    (res,) = solve(eng, Request(SUDOKU, puzzle(), SearchParams(rollouts=2, steps=2, waves=4, early_exit="off")))
+    assert (res.waves, res.row_steps) == (1, 4)

@@ -150,7 +150,7 @@ def test_solve_by_commit_search_with_augment_reports_the_search(client):
     assert again["solution"] == body["solution"] and again["nodes"] == body["nodes"]
     plain = client.post("/solve", json={"puzzle": PUZZLE, "search": {"rollouts": 2, "steps": 1}}).json()
     assert plain["strategy"] == "rollouts" and plain["nodes"] == 0 and plain["waves"] == 1
-    waves = {"rollouts": 2, "steps": 1, "waves": 3, "early_exit": "off"}  # a random model never verifies: all 3 run
+    waves = {"rollouts": 2, "steps": 1, "waves": 3, "early_exit": "verified"}  # a random model never verifies
     three = client.post("/solve", json={"puzzle": PUZZLE, "search": waves}).json()
     assert (three["waves"], three["rollouts"], three["row_steps"]) == (3, 6, 6)
     text = client.get("/metrics").text

@@ -255,7 +255,7 @@ class Engine:
             if (req.steps_done >= req.params.steps).all():
                 if req.search is not None:
                     self._advance(req)
-                elif req.node + 1 < req.params.waves:
+                elif req.node + 1 < req.params.waves and req.params.early_exit != "off":
                     self._next_wave(req)
                 else:
                     self._resolve(req, "completed")

@@ -27,7 +27,8 @@ DEFAULT_ROLLOUTS = 16
 class SearchParams:
     rollouts: int = 1  # K rows, each an independent rollout
     # rollouts: up to this many rounds of K fresh rows (new seeds and symmetries) on the puzzle, the next only when
-    # the last ended without an early exit; K rows at a time, so hard puzzles get more rows and easy ones pay for one
+    # the last ended without an early exit (so only with early_exit on); K rows at a time, so hard puzzles get more
+    # rows and easy ones pay for one
     waves: int = 1
     steps: int = 16  # D supervision steps per row (no ACT halting: PTRM §3.2)
     noise: float = 0.0  # sigma of the N(0, sigma^2) added before every step (TRM); unused by GRAM (learned prior)
