@@ -34,19 +34,19 @@ def main(argv: list[str]) -> None:
     if len({r["puzzles"] for r in results}) > 1:
         raise SystemExit("search_plot: the results are on different puzzle files")
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for r in results:
+    for i, r in enumerate(results):
         if not r["row_steps"]:  # the uniform policy runs no rows: it has no place on this axis
             continue
-        x, y = r["row_steps"] / r["n"], 100 * r["exact_accuracy"]
+        color = f"C{i}"
         if "by_waves" in r:  # the same run stopped after fewer waves: a curve through the smaller budgets
             points = sorted((int(k), v) for k, v in r["by_waves"].items())
             xs = [v["row_steps_per_puzzle"] for _, v in points]
             ys = [100 * v["exact_accuracy"] for _, v in points]
-            ax.plot(xs, ys, marker=".", alpha=0.6)
+            ax.plot(xs, ys, marker=".", color=color, alpha=0.6)
             for (k, _), xk, yk in zip(points, xs, ys):
-                ax.annotate(f"{k} w", (xk, yk), textcoords="offset points", xytext=(3, -9), fontsize=6)
-        ax.scatter(x, y, s=40)
-        ax.annotate(label(r), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+                ax.annotate(f"{k}", (xk, yk), textcoords="offset points", xytext=(3, -10), fontsize=7, color=color)
+        ax.scatter(r["row_steps"] / r["n"], 100 * r["exact_accuracy"], s=40, color=color, label=label(r))
+    ax.legend(fontsize=8, loc="lower right", title="numbers: waves run", title_fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("row-steps per puzzle (mean)")
     ax.set_ylabel("exact accuracy (%)")
