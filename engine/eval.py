@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
             result["verified"] = float(task.verify_batch(puzzles, chosen).mean())
     row_steps = sum(r.row_steps for r in results)
     result.update(row_steps=row_steps, row_steps_per_puzzle=round(row_steps / len(puzzles), 1))
-    if params.waves > 1:  # what fewer waves would have given, read off this run (wave w's rows are the same)
+    if params.strategy == "rollouts" and params.waves > 1:  # fewer waves, read off this run (their rows are the same)
         result["by_waves"] = waves_curve(task, puzzles, results, solutions, params)
     if params.strategy == "commit":
         result.update(
