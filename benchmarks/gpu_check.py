@@ -176,7 +176,8 @@ def run_section(name: str, cmd: list[str], limit: float, work: Path, log) -> dic
         if name == "pytest_gpu" and proc.returncode == 1:
             status = "failures"  # pytest's own summary line says which
     except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode() + (e.stderr or b"").decode() if isinstance(e.stdout, bytes) else str(e.stdout)
+        # what the section printed before it was killed: bytes even under text=True, or None when nothing came
+        out = "".join(t.decode(errors="replace") if isinstance(t, bytes) else t or "" for t in (e.stdout, e.stderr))
         status = f"timeout after {limit:.0f} s"
     seconds = time.perf_counter() - start
     log.write(f"\n===== {name}: {status} in {seconds:.1f} s\n$ {' '.join(cmd)}\n{out}\n")
