@@ -202,3 +202,19 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights(tmp_path):
     state = json.loads((out / "train_state" / "state.json").read_text())
     assert state["world"] == 2 and len(state["streams"]) == 2 and state["streams"][0] != state["streams"][1]
     assert saved["rank.z_H"].shape[0] == 2  # both ranks' carries are saved
+
+
+def test_minutes_budget_stops_evaluates_and_saves_and_hidden_size_sets_the_width(tmp_path):
+    from engine.train.cli import main
+
+    out = tmp_path / "run"
+    argv = ["--preset", "tiny", "--generate", "60", "--clues", "30", "40", "--dev-size", "10", "--hidden-size", "32"]
+    main([*argv, "--steps", "100000", "--minutes", "0.002", "--save-every", "1000", "--out", str(out)])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    stop = log[-1]
+    assert 10 <= stop["step"] < 100000 and stop["step"] % 10 == 0  # the budget is checked every 10 steps
+    assert stop["elapsed"] >= 0.12 and "eval" in stop
+    ckpt = load_checkpoint(out / "checkpoint")
+    assert ckpt.config.hidden_size == 32 and ckpt.config.puzzle_emb_ndim == 32
+    assert ckpt.meta["training"]["step"] == stop["step"]
+    assert json.loads((out / "train_state" / "state.json").read_text())["step"] == stop["step"]

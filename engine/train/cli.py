@@ -115,6 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     data.add_argument("--eval-solutions")
     ov = p.add_argument_group("recipe overrides (ablations)")
     ov.add_argument("--steps", type=int, help="optimizer steps")
+    ov.add_argument(
+        "--minutes", type=float, help="wall-clock budget, evaluations included: stop, evaluate and save once spent"
+    )
     ov.add_argument("--batch-size", type=int, dest="global_batch_size", help="global batch (rows of carries)")
     ov.add_argument("--lr", type=float)
     ov.add_argument("--warmup-steps", type=int)
@@ -123,6 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ov.add_argument("--no-ema", dest="ema", action="store_false", default=None)
     ov.add_argument("--H-cycles", type=int, help="T")
     ov.add_argument("--L-cycles", type=int, help="n")
+    ov.add_argument("--hidden-size", type=int, help="model width (the puzzle embedding follows it)")
     ov.add_argument("--eval-every", type=int)
     ov.add_argument("--eval-limit", type=int)
     ov.add_argument("--save-every", type=int)
@@ -145,12 +149,16 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
             raise SystemExit(f"engine-train: nothing to resume: {state} does not exist")
         saved = json.loads(state.read_text())["config"]
         saved["betas"] = tuple(saved["betas"])
-        return TrainConfig(**{**saved, "steps": args.steps or saved["steps"]})
+        return TrainConfig(
+            **{**saved, "steps": args.steps or saved["steps"], "minutes": args.minutes or saved.get("minutes")}
+        )
     if state.is_file():
         raise SystemExit(f"engine-train: {args.out} already holds a run; pass --resume or choose another --out")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None and k != "generator"}
     model = {k: v for k, v in (("H_cycles", args.H_cycles), ("L_cycles", args.L_cycles)) if v is not None}
+    if args.hidden_size:
+        model.update(hidden_size=args.hidden_size, puzzle_emb_ndim=args.hidden_size)
     if args.generator:
         if args.arch != "gram":
             raise SystemExit("engine-train: --generator needs --arch gram")

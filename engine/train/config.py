@@ -12,6 +12,9 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)  # e.g. {"H_cycles": 2, "L_cycles": 2} for the T/n ablations
     global_batch_size: int = 768
     steps: int = 65_100  # optimizer steps (one ACT step on a batch of carries each)
+    minutes: float | None = (
+        None  # wall-clock budget, evaluations included: stop (evaluate, save) at the first step past it
+    )
     lr: float = 1e-4
     lr_min_ratio: float = 1.0  # 1.0: constant after warm-up, as the paper
     warmup_steps: int = 2000
@@ -52,6 +55,8 @@ class TrainConfig:
         for name in ("global_batch_size", "steps", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

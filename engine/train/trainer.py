@@ -179,7 +179,7 @@ class Trainer:
         return torch.randn(len(self.inputs), *shape, generator=self.noise_rng, device=self.device)
 
     def fit(self, log_every: int = 10) -> dict:
-        """Train to cfg.steps with a progress bar, logging to out/log.jsonl, evaluating and saving periodically."""
+        """Train to cfg.steps or cfg.minutes with a progress bar, logging to out/log.jsonl, evaluating and saving."""
         cfg, main = self.cfg, self.ddp.is_main
         log_path = self.out / "log.jsonl"
         if main:
@@ -194,12 +194,14 @@ class Trainer:
         sums = torch.zeros(6, dtype=torch.float64)  # metrics since the last log line
         start = time.perf_counter() - self.elapsed  # the clock continues across resumes
         mark = (self.step, time.perf_counter())
-        while self.step < cfg.steps:
+        last = self.step >= cfg.steps
+        while not last:
             sums += self.train_step()
             self.elapsed = time.perf_counter() - start
+            last = self.step == cfg.steps or self._out_of_time(log_every)
             entry = {}
             # Close the metrics window at every save too, so a resumed run logs exactly what an uninterrupted one would.
-            if self.step % log_every == 0 or self.step % cfg.save_every == 0 or self.step == cfg.steps:
+            if self.step % log_every == 0 or self.step % cfg.save_every == 0 or last:
                 count, exact, q_ok, steps, loss, kl = self.ddp.all_reduce(sums).tolist()
                 rows_s = (self.step - mark[0]) * cfg.global_batch_size / (time.perf_counter() - mark[1])
                 entry = {
@@ -221,7 +223,7 @@ class Trainer:
                 sums.zero_()
                 mark = (self.step, time.perf_counter())
             collapse = None
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.eval_every == 0 or last:
                 self.last_eval = entry["eval"] = self.evaluate()
                 bar.write(f"step {self.step}: {describe_eval(self.last_eval)}")
                 collapse = self.collapse_reason(self.last_eval)
@@ -230,7 +232,7 @@ class Trainer:
             if entry and main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": self.step, "elapsed": round(self.elapsed, 2), **entry}) + "\n")
-            if self.step % cfg.save_every == 0 or self.step == cfg.steps or collapse:
+            if self.step % cfg.save_every == 0 or last or collapse:
                 self.save()
             if collapse:
                 bar.close()
@@ -238,6 +240,13 @@ class Trainer:
             bar.update(1)
         bar.close()
         return self.summary()
+
+    def _out_of_time(self, every: int) -> bool:
+        """Whether the --minutes budget is spent; checked every few steps and agreed by all ranks."""
+        if self.cfg.minutes is None or self.step % every:
+            return False
+        over = torch.tensor([float(self.elapsed >= 60 * self.cfg.minutes)])
+        return bool(self.ddp.all_reduce(over).item() > 0)
 
     @staticmethod
     def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
