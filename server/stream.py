@@ -39,7 +39,17 @@ log = logging.getLogger("server.stream")
 MEDIA_TYPE = "text/event-stream"
 PING_S = 15.0
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the events
-OPENAPI = {"text/event-stream": {"schema": {"type": "string", "description": "progress... then result, then done"}}}
+# One event's shape (OpenAPI 3.2's `itemSchema`; validators of 3.0/3.1 documents read `schema` per event).
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "result", "error", "done"]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "JSON, or [DONE]"},
+    },
+    "description": "progress... then result (or error), then done",
+}
+OPENAPI = {MEDIA_TYPE: {"schema": EVENT_SCHEMA}}
 
 
 def wanted(body, request: Request) -> bool:
