@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from engine.machine import describe  # noqa: E402
 from engine.models import TRM, preset  # noqa: E402
@@ -35,7 +36,7 @@ from engine.train.data import generate_puzzles  # noqa: E402
 class StubRunner:
     """The Runner's interface without a model: every step answers a fixed rule-breaking grid per row at once."""
 
-    mode, kernels, static = "stub", "none", False
+    mode, kernels, static, device = "stub", "none", False, torch.device("cpu")
 
     def __init__(self, max_batch: int, seq_len: int, vocab: int):
         self.model = TRM(preset("sudoku-tiny"))  # only its config is read (token and puzzle id ranges)
@@ -48,7 +49,10 @@ class StubRunner:
     def padded(self, rows: int) -> int:
         return rows
 
-    def run(self, batch: Batch) -> StepResult:
+    def launch(self, batch: Batch) -> Batch:
+        return batch  # answered at once: nothing to wait for
+
+    def collect(self, batch: Batch) -> StepResult:
         n = len(batch.slots)
         return StepResult(self.answers[:n], self.q[:n], None, None, self.probs[:n] if batch.want_probs else None)
 

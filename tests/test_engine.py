@@ -278,6 +278,32 @@ def test_static_buffers_give_the_eager_answers_as_rows_join_and_leave(tiny_model
     assert runner.pool_H.shape[0] == runner.slots + 1  # + the padding rows' scratch slot
 
 
+def test_pipelined_engine_keeps_a_step_in_flight_and_answers_as_the_plain_one(tiny_model):
+    """With a step in flight while the previous one is booked (the CUDA default), every request gets the same rows
+    and answers as in the plain loop: a request in flight waits for its results before it is picked again."""
+
+    def workload():
+        waves = SearchParams(rollouts=2, steps=2, diversity="augment", waves=3, early_exit="verified", seed=7)
+        return [*mixed_workload(), Request(SUDOKU, puzzle(6), waves)]
+
+    plain = solve(engine(tiny_model, max_batch=8, static=True), *workload())
+    piped = Engine(Runner(tiny_model, max_batch=8, static=True), SUDOKU, Limits(max_batch=8), pipeline=True)
+    launch, collect, uncollected = piped.runner.launch, piped.runner.collect, [0]
+
+    def counted_launch(batch):
+        uncollected.append(uncollected[-1] + 1)
+        return launch(batch)
+
+    def counted_collect(step):
+        uncollected.append(uncollected[-1] - 1)
+        return collect(step)
+
+    piped.runner.launch, piped.runner.collect = counted_launch, counted_collect
+    same_results(plain, solve(piped, *workload()))
+    assert max(uncollected) == 2 and uncollected[-1] == 0  # two steps were in flight at once: the overlap happened
+    assert piped.stats.row_steps == sum(r.row_steps for r in plain) and not piped._flight
+
+
 @pytest.mark.gpu
 def test_cuda_graphs_give_the_eager_answers_as_rows_join_and_leave(tiny_model):
     """Graphs replay for every bucket, y noise included (no eager fallback), and a replay never syncs the host."""
@@ -380,7 +406,7 @@ def test_runner_casts_weights_to_the_compute_dtype_once_with_unchanged_answers()
 class ScriptedRunner:
     """The runner's interface without a model: step n (counted from 1) answers `answer_at(n)` for every row."""
 
-    static, mode, kernels = False, "scripted", "none"
+    static, mode, kernels, device = False, "scripted", "none", torch.device("cpu")
 
     def __init__(self, answer_at, max_batch=8):
         self.model = TRM(preset("sudoku-tiny"))  # only its config is read
@@ -389,8 +415,11 @@ class ScriptedRunner:
     def padded(self, rows):
         return rows
 
-    def run(self, batch):
+    def launch(self, batch):
         self.calls += 1
+        return batch
+
+    def collect(self, batch):
         n = len(batch.slots)
         return StepResult(np.tile(self.answer_at(self.calls), (n, 1)), np.full(n, -3.0, np.float32), None, None)
 
@@ -430,9 +459,9 @@ def test_a_wave_that_could_not_finish_before_the_deadline_is_not_started():
     """Waves stop early and answer with the best row so far, rather than run into the deadline and fail."""
 
     class Slow(ScriptedRunner):
-        def run(self, batch):
+        def launch(self, batch):
             time.sleep(0.2)  # one row-step per 0.2 s: the pace the engine measures
-            return super().run(batch)
+            return super().launch(batch)
 
     eng = Engine(Slow(lambda n: np.full(81, 2)), SUDOKU, Limits(max_batch=8))
     p = SearchParams(rollouts=1, steps=1, waves=8, early_exit="verified", timeout_s=1.0)

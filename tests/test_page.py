@@ -134,8 +134,8 @@ def test_generate_builds_a_grid_on_the_page(page):
 def test_stop_on_the_page_cancels_the_search_in_the_engine(page, monkeypatch):
     driver, live, app = page
     eng = app.state.models.solvers["sudoku-trm"].engine
-    run = eng.runner.run
-    monkeypatch.setattr(eng.runner, "run", lambda batch: (time.sleep(0.5), run(batch))[1])  # slow steps
+    run = eng.runner.launch
+    monkeypatch.setattr(eng.runner, "launch", lambda batch: (time.sleep(0.5), run(batch))[1])  # slow steps
     driver.get(live.url + "/")
     _wait(driver, lambda d: "sudoku-trm" in _text(d, "model"), 10)
     driver.find_element("id", "puzzle").clear()

@@ -103,8 +103,8 @@ def test_admission_refuses_what_cannot_finish_before_its_deadline():
 
 def test_a_deadline_refusal_is_429_with_retry_after_and_counted(client):
     eng = solver(client).engine
-    release, run = threading.Event(), eng.runner.run
-    eng.runner.run = lambda batch: (release.wait(30), run(batch))[1]  # the engine is busy with a long request
+    release, run = threading.Event(), eng.runner.launch
+    eng.runner.launch = lambda batch: (release.wait(30), run(batch))[1]  # the engine is busy with a long request
     try:
         eng.scheduler.row_steps_per_s = 4.0
         eng.submit(sudoku_request(rollouts=4, steps=4, timeout_s=60))  # 16 row-steps ahead: 4 s
@@ -115,7 +115,7 @@ def test_a_deadline_refusal_is_429_with_retry_after_and_counted(client):
         assert metric(text, "trm_admission_rejections_total", model="tiny", reason="deadline") == 1
     finally:
         release.set()
-        eng.runner.run = run
+        eng.runner.launch = run
 
 
 # -- item 2: the body limit on the bytes received ----------------------------------------------------------------------

@@ -76,8 +76,8 @@ def test_readyz_fails_while_an_engine_is_stalled(ckpt_dir, monkeypatch):
     with TestClient(app_for(ckpt_dir, watchdog_s=0.2)) as c:
         wait_ready(c)
         eng = solver(c).engine
-        release, run = threading.Event(), eng.runner.run
-        monkeypatch.setattr(eng.runner, "run", lambda batch: (release.wait(10), run(batch))[1])  # a hung step
+        release, run = threading.Event(), eng.runner.launch
+        monkeypatch.setattr(eng.runner, "launch", lambda batch: (release.wait(10), run(batch))[1])  # a hung step
         req = eng.submit(Request(SUDOKU, SUDOKU.encode(PUZZLE), SearchParams(rollouts=1, steps=1)))
         time.sleep(0.4)
         r = c.get("/readyz")
@@ -407,13 +407,13 @@ def test_prior_samples_of_a_random_generator_stay_within_the_budget(gen_client):
 
 def test_generate_stops_at_its_deadline_with_what_it_found(client):
     eng = solver(client).engine
-    run = eng.runner.run
+    run = eng.runner.launch
 
     def slow(batch):
         time.sleep(0.05)
         return run(batch)
 
-    eng.runner.run = slow
+    eng.runner.launch = slow
     try:
         start = time.monotonic()
         r = client.post("/generate", json={"count": 4, "timeout_s": 0.5})
@@ -421,18 +421,18 @@ def test_generate_stops_at_its_deadline_with_what_it_found(client):
         body = r.json()
         assert r.status_code == 200 and not body["complete"] and len(body["items"]) < 4
     finally:
-        eng.runner.run = run
+        eng.runner.launch = run
 
 
 def test_generate_on_a_full_engine_is_429(client):
     eng = solver(client).engine
-    release, run = threading.Event(), eng.runner.run
+    release, run = threading.Event(), eng.runner.launch
 
     def blocked(batch):
         release.wait(10)
         return run(batch)
 
-    eng.runner.run = blocked
+    eng.runner.launch = blocked
     try:
         hold = []
         with pytest.raises(Overloaded):  # fill the engine's queue to its limit
@@ -442,7 +442,7 @@ def test_generate_on_a_full_engine_is_429(client):
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
     finally:
         release.set()
-        eng.runner.run = run
+        eng.runner.launch = run
     for h in hold:
         h.future.result(timeout=30)
 

@@ -192,8 +192,8 @@ def test_an_error_after_the_stream_started_is_an_error_event(ckpt_dir):
 def test_events_are_rate_limited_and_the_result_always_arrives(ckpt_dir, monkeypatch):
     with TestClient(app_for(ckpt_dir, max_steps=1000, stream_max_events_per_s=5)) as c:
         wait_ready(c)
-        run = solver(c).engine.runner.run
-        monkeypatch.setattr(solver(c).engine.runner, "run", lambda batch: (time.sleep(0.02), run(batch))[1])
+        run = solver(c).engine.runner.launch
+        monkeypatch.setattr(solver(c).engine.runner, "launch", lambda batch: (time.sleep(0.02), run(batch))[1])
         start = time.monotonic()
         events = stream(c, "/solve", {"puzzle": PUZZLE, "search": {"rollouts": 1, "steps": 60, "early_exit": "off"}})
         took = time.monotonic() - start
@@ -208,8 +208,8 @@ def test_a_quiet_stream_sends_keep_alive_comments(ckpt_dir, monkeypatch):
     monkeypatch.setattr("server.stream.PING_S", 0.05)
     with TestClient(app_for(ckpt_dir, stream_max_events_per_s=0.1)) as c:  # one progress event, then quiet
         wait_ready(c)
-        run = solver(c).engine.runner.run
-        monkeypatch.setattr(solver(c).engine.runner, "run", lambda batch: (time.sleep(0.1), run(batch))[1])
+        run = solver(c).engine.runner.launch
+        monkeypatch.setattr(solver(c).engine.runner, "launch", lambda batch: (time.sleep(0.1), run(batch))[1])
         body = {"puzzle": PUZZLE, "stream": True, "search": {"rollouts": 1, "steps": 4, "early_exit": "off"}}
         with c.stream("POST", "/solve", json=body) as r:
             text = r.read().decode()

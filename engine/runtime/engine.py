@@ -2,9 +2,13 @@
 
     drop     requests past their deadline or cancelled (their rows leave now)
     pick     rows of many requests, FIFO with a per-request cap (scheduler)
-    run      one step on the runner
+    launch   one step on the runner
     update   rows' answers and q; early exit when a row verifies (or is confident); finished requests are selected
              and resolved
+
+Pipelined (the CUDA default; issue 15): the step launched in this iteration stays in flight while the previous one
+is collected and updated, so the device computes step t+1 while the host books step t. Requests in flight are not
+picked again until their results are in, so each request still sees its steps one after another.
 
 Continuous batching at supervision-step granularity: new rows join at any boundary with a reset carry, finished rows
 leave. `submit` and `cancel` are safe from any thread; `run_until_idle` drives the loop in the calling thread (for
@@ -16,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,7 +36,7 @@ from engine.runtime.request import (
     SearchResult,
     Timing,
 )
-from engine.runtime.runner import Batch, Runner, StepResult
+from engine.runtime.runner import Batch, Launched, Runner, StepResult
 from engine.runtime.scheduler import Limits, Scheduler
 from engine.search import Rows, Selection, select, selection_of
 from engine.search.commit import Final
@@ -57,13 +62,16 @@ class Stats:
 
 
 class Engine:
-    def __init__(self, runner: Runner, task: Task, limits: Limits | None = None):
+    def __init__(self, runner: Runner, task: Task, limits: Limits | None = None, pipeline: bool | None = None):
         limits = limits or Limits(max_batch=runner.max_batch)
         if limits.max_batch > runner.max_batch:
             raise ValueError(f"limits.max_batch {limits.max_batch} exceeds the runner's {runner.max_batch}")
         self.runner, self.task = runner, task
         self.scheduler = Scheduler(limits, runner.slots)
         self.stats = Stats()
+        self.pipeline = runner.device.type == "cuda" if pipeline is None else pipeline
+        self._flight: deque[tuple[list[tuple[Request, np.ndarray]], Launched, float]] = deque()  # launched steps
+        self._landed = 0.0  # perf_counter() when the last step's results came in
         self.on_step: list[Callable[[int, int, float], None]] = []  # (rows, bucket rows, seconds)
         self.on_resolve: list[Callable[[Request, SearchResult | None, RequestError | None], None]] = []
         self._wake = threading.Event()
@@ -143,6 +151,7 @@ class Engine:
                 worked = self.step()
             except Exception as e:  # a failed step fails its requests, never the loop
                 log.exception("engine step failed")
+                self._flight.clear()
                 for req in list(self.scheduler.active):
                     self._fail(req, RequestError(f"engine error: {type(e).__name__}: {e}"))
                 continue
@@ -163,22 +172,33 @@ class Engine:
             if req.final is not None:
                 self._finish(req, req.final)
         now = time.monotonic()
+        in_flight = {id(req) for plan, _, _ in self._flight for req, _ in plan}
         for req in list(sched.active):
+            if id(req) in in_flight:
+                continue  # dropped once its step is in
             if req.cancelled or req.future.cancelled():
                 self._fail(req, Cancelled("cancelled"))
             elif now > req.deadline:
                 self._fail(req, DeadlineExceeded(f"deadline of {req.params.timeout_s} s passed"))
-        plan = sched.pick()
-        if not plan:
+        plan = sched.pick(in_flight)
+        if plan:
+            batch, start = self._batch(plan), time.perf_counter()
+            self._flight.append((plan, self.runner.launch(batch), start))
+        elif not self._flight:
             self.stats.running_rows = 0
             return False
-        batch = self._batch(plan)
-        start = time.perf_counter()
-        out = self.runner.run(batch)
-        elapsed = time.perf_counter() - start
-        self._account(len(batch.slots), elapsed)
-        self._update(plan, out)
+        while len(self._flight) > (1 if self.pipeline and plan else 0):  # keep the step just launched in flight
+            self._land(*self._flight.popleft())
         return True
+
+    def _land(self, plan: list[tuple[Request, np.ndarray]], step: Launched, launched: float) -> None:
+        out = self.runner.collect(step)
+        now = time.perf_counter()
+        # Wall time since the later of its launch and the previous landing: with steps overlapping, the sum over
+        # steps stays the time the engine spent, so the measured pace stays true.
+        self._account(sum(len(rows) for _, rows in plan), now - max(launched, self._landed))
+        self._landed = now
+        self._update(plan, out)
 
     def _batch(self, plan: list[tuple[Request, np.ndarray]]) -> Batch:
         now = time.monotonic()

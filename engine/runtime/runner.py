@@ -45,6 +45,17 @@ class Batch:
 
 
 @dataclass
+class Launched:
+    """A step enqueued on the device whose results are not read yet (`Runner.collect` reads them)."""
+
+    n: int  # rows
+    out: StepOut | None = None  # eager: the step's device tensors
+    results: torch.Tensor | None = None  # static: the pinned staging buffer its results land in
+    probs: torch.Tensor | None = None  # per-cell distributions on the device, when the batch asked for them
+    done: torch.cuda.Event | None = None  # CUDA: recorded after the step's copies
+
+
+@dataclass
 class StepResult:
     answers: np.ndarray  # [n, seq_len]
     q: np.ndarray  # [n]
@@ -94,17 +105,40 @@ class Runner:
 
     # -- one step ---------------------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def run(self, batch: Batch) -> StepResult:
+        return self.collect(self.launch(batch))
+
+    @torch.inference_mode()
+    def launch(self, batch: Batch) -> Launched:
+        """Enqueue one step of `batch`'s rows; on CUDA this returns before the device finishes, so the engine can do
+        host work meanwhile (issue 15). At most two launched steps may be uncollected at once (two staging buffers)."""
         n = len(batch.slots)
         if not 0 < n <= self.max_batch:
             raise ValueError(f"a step takes 1..{self.max_batch} rows, got {n}")
         if self.static:
-            return self._run_static(batch)
+            return self._launch_static(batch)
         out = self._run_eager(batch)
-        cpu = lambda t: None if t is None else t.float().cpu().numpy()  # noqa: E731
-        probs = cpu(out.logits.float().softmax(-1)) if batch.want_probs else None
-        return StepResult(out.answers.cpu().numpy(), cpu(out.q), cpu(out.value), cpu(out.log_prior), probs)
+        return Launched(n, out=out, probs=out.logits.float().softmax(-1) if batch.want_probs else None)
+
+    @torch.inference_mode()
+    def collect(self, step: Launched) -> StepResult:
+        """Wait for a launched step and return its results on the host."""
+        if step.done is not None:
+            step.done.synchronize()  # the one wait of a step
+        probs = None if step.probs is None else step.probs.cpu().numpy()
+        if step.out is not None:
+            cpu = lambda t: None if t is None else t.float().cpu().numpy()  # noqa: E731
+            out = step.out
+            return StepResult(out.answers.cpu().numpy(), cpu(out.q), cpu(out.value), cpu(out.log_prior), probs)
+        L, r = self.model.config.seq_len, step.results[: step.n].numpy()
+        extra = lambda col, present: r[:, col].copy() if present else None  # noqa: E731
+        return StepResult(
+            r[:, :L].astype(np.int64),
+            r[:, L].copy(),
+            extra(L + 1, self.has_value),
+            extra(L + 2, self.has_log_prior),
+            probs,
+        )
 
     def _run_eager(self, b: Batch) -> StepOut:
         t = lambda a, dtype=torch.long: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
@@ -145,11 +179,12 @@ class Runner:
         B, L, dev = self.max_batch, self.model.config.seq_len, self.device
         pinned = dev.type == "cuda"
         self.scratch = self.slots  # the pool's extra last slot
-        self.meta_host = torch.zeros(B, L + 6, dtype=torch.long, pin_memory=pinned)
-        self.meta_host[:, L + 3], self.meta_host[:, L + 4] = 1, self.scratch  # every row padding until filled
-        self.meta = self.meta_host.to(dev, copy=True)
+        self._stage = 0  # which of the two host staging buffers the next step uses
+        self.meta_host = torch.zeros(2, B, L + 6, dtype=torch.long, pin_memory=pinned)
+        self.meta_host[:, :, L + 3], self.meta_host[:, :, L + 4] = 1, self.scratch  # every row padding until filled
+        self.meta = self.meta_host[0].to(dev, copy=True)
         self.results = torch.zeros(B, L + 3, dtype=torch.float32, device=dev)
-        self.results_host = torch.zeros(B, L + 3, dtype=torch.float32, pin_memory=pinned)
+        self.results_host = torch.zeros(2, B, L + 3, dtype=torch.float32, pin_memory=pinned)
         self.logits = torch.zeros(B, L, self.model.config.vocab_size, dtype=torch.float32, device=dev)
 
     def _static_step(self, size: int) -> None:
@@ -171,10 +206,12 @@ class Runner:
             r[:, L + 2] = out.log_prior
         self.logits[:size] = out.logits
 
-    def _run_static(self, b: Batch) -> StepResult:
+    def _launch_static(self, b: Batch) -> Launched:
         n, L = len(b.slots), self.model.config.seq_len
         size = self.padded(n)
-        meta = self.meta_host[:size].numpy()
+        self._stage ^= 1  # alternate staging buffers: the other may still belong to an uncollected step
+        meta_host, results_host = self.meta_host[self._stage], self.results_host[self._stage]
+        meta = meta_host[:size].numpy()
         meta[:n, :L] = b.inputs
         meta[:n, L], meta[:n, L + 1], meta[:n, L + 2], meta[:n, L + 3], meta[:n, L + 4] = (
             b.puzzle_ids,
@@ -186,24 +223,20 @@ class Runner:
         meta[:n, L + 5 :].view(np.float32)[:] = np.stack((b.sigma_z, b.sigma_y), axis=1)
         meta[n:] = 0  # padding rows: fresh, noiseless, on the scratch slot
         meta[n:, L + 3], meta[n:, L + 4] = 1, self.scratch
-        self.meta[:size].copy_(self.meta_host[:size], non_blocking=True)
+        # Stream order keeps the single device buffers safe with two steps in flight: this copy into `meta` runs
+        # after the previous step's graph, and the previous results left `results` before this graph overwrites it.
+        self.meta[:size].copy_(meta_host[:size], non_blocking=True)
         if size in self.graphs:
             self.graphs[size].replay()
         else:
             self._static_step(size)
-        self.results_host[:n].copy_(self.results[:n], non_blocking=True)
-        probs = self.logits[:n].softmax(-1).cpu().numpy() if b.want_probs else None
+        results_host[:n].copy_(self.results[:n], non_blocking=True)
+        probs = self.logits[:n].softmax(-1) if b.want_probs else None  # a fresh tensor, not the shared logits
+        done = None
         if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # the one wait of a step
-        r = self.results_host[:n].numpy()
-        extra = lambda col, present: r[:, col].copy() if present else None  # noqa: E731
-        return StepResult(
-            r[:, :L].astype(np.int64),
-            r[:, L].copy(),
-            extra(L + 1, self.has_value),
-            extra(L + 2, self.has_log_prior),
-            probs,
-        )
+            done = torch.cuda.Event()
+            done.record()
+        return Launched(n, results=results_host, probs=probs, done=done)
 
     @torch.inference_mode()
     def _capture(self) -> None:

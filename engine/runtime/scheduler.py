@@ -147,11 +147,12 @@ class Scheduler:
         self.active.extend(new)
         return new
 
-    def pick(self) -> list[tuple[Request, np.ndarray]]:
+    def pick(self, in_flight: set[int] = frozenset()) -> list[tuple[Request, np.ndarray]]:
         """Rows for the next step: [(request, row indices)], at most max_batch rows in all. Assigns slots.
 
         Two passes in FIFO order: first up to `rows_per_request` rows each, then whatever room is left. A request's
-        rows that hold a carry slot go before those that need one."""
+        rows that hold a carry slot go before those that need one. Requests whose ids are `in_flight` (in a step
+        launched but not collected yet) wait for their results."""
         lim = self.limits
         room = lim.max_batch
         taken: dict[int, np.ndarray] = {}
@@ -159,6 +160,8 @@ class Scheduler:
             for req in self.active:
                 if room == 0:
                     break
+                if id(req) in in_flight:
+                    continue
                 mine = taken.get(id(req), np.zeros(0, np.int64))
                 alive = req.steps_done < req.params.steps
                 started = req.slot >= 0
