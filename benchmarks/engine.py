@@ -1,8 +1,10 @@
 """Engine throughput: many concurrent requests through the batching engine vs the same requests one at a time.
 
-Throughput is rows x supervision steps per second. Both sides run in this one process, one after the other, on the
-same model and puzzles, so their ratio is meaningful on a shared machine. A second table times one engine step at
-every bucket size of the ladder. The last output line is one JSON object (throughput_ratio, device, ...).
+Throughput is rows x supervision steps per second. The engine runs twice, pipelined (the CUDA default: step t+1 is
+launched before step t is booked) and not, to show what the overlap gains. Both sides run in this one process, one
+after the other, on the same model and puzzles, so their ratios are meaningful on a shared machine. A second table
+times one engine step at every bucket size of the ladder. The last output line is one JSON object (throughput_ratio,
+pipeline_gain, device, ...).
 
     python benchmarks/engine.py --checkpoint checkpoints/sudoku-trm --requests 32
     python benchmarks/engine.py --preset sudoku-mlp --device cuda --requests 256 --max-batch 512   # paper size
@@ -110,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     work = args.requests * args.rollouts * args.steps
 
     runner = Runner(model, max_batch=args.max_batch)
-    engine = Engine(runner, task, Limits(args.max_batch, args.requests, args.requests * args.rollouts))
-    t_engine = concurrent(engine, puzzles, params)
+    limits = Limits(args.max_batch, args.requests, args.requests * args.rollouts)
+    t_engine = concurrent(Engine(runner, task, limits), puzzles, params)  # pipelined on CUDA
+    t_serial = concurrent(Engine(runner, task, limits, pipeline=False), puzzles, params)  # host waits for each step
     t_single = one_at_a_time(model, puzzles, params, args.device)
     ratio = t_single / t_engine
 
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"{args.requests} requests x K={args.rollouts} x D={args.steps} = {work} row-steps")
     print(f"  engine, concurrent     {t_engine:8.2f} s  {work / t_engine:9.1f} row-steps/s")
+    print(f"  engine, not pipelined  {t_serial:8.2f} s  {work / t_serial:9.1f} row-steps/s")
     print(f"  plain loop, one by one {t_single:8.2f} s  {work / t_single:9.1f} row-steps/s")
     print(f"  ratio                  {ratio:8.2f}x")
     times = bucket_times(Runner(model, max_batch=args.max_batch), model.config.seq_len, args.repeats)
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
                 "rollouts": args.rollouts,
                 "steps": args.steps,
                 "engine_row_steps_per_s": round(work / t_engine, 1),
+                "pipelined": runner.device.type == "cuda",
+                "pipeline_gain": round(t_serial / t_engine, 3),
                 "single_row_steps_per_s": round(work / t_single, 1),
                 "bucket_row_steps_per_s": {s: round(s / t, 1) for s, t in times.items()},
             }

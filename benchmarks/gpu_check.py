@@ -213,7 +213,7 @@ def headline(name: str, s: dict) -> str:
         best = max(r["results"], key=lambda x: x["mfu"])
         return f"{len(r['results'])} timings; best MFU {100 * best['mfu']:.1f}% ({best['path']}, {best['rows']} rows)"
     keys = {
-        "engine": ("throughput_ratio", "engine_row_steps_per_s", "runner"),
+        "engine": ("throughput_ratio", "engine_row_steps_per_s", "pipeline_gain", "runner"),
         "fp32_vs_cpu": ("identical_answers", "identical_cells"),
         "train": ("samples_per_s", "peak_memory_gib"),
         "host": ("host_ms_per_step_median",),
