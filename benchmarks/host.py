@@ -6,6 +6,7 @@ break the rules, so no row exits early and every step verifies every row (the ea
 
     python benchmarks/host.py                       # 64 x 16 rows, D = 16
     python benchmarks/host.py --requests 256 --rollouts 4 --diversity augment
+    python benchmarks/host.py --device-ms 5       # + the pipelined engine against a simulated 5 ms device step
 
 The last output line is one JSON object.
 """
@@ -34,13 +35,16 @@ from engine.train.data import generate_puzzles  # noqa: E402
 
 
 class StubRunner:
-    """The Runner's interface without a model: every step answers a fixed rule-breaking grid per row at once."""
+    """The Runner's interface without a model: every step answers a fixed rule-breaking grid per row, at once or,
+    with `device_ms`, as a device would: steps queue one after another and each is ready `device_ms` after the
+    previous one ends (collect waits for it), so host work can overlap them."""
 
     mode, kernels, static, device = "stub", "none", False, torch.device("cpu")
 
-    def __init__(self, max_batch: int, seq_len: int, vocab: int):
+    def __init__(self, max_batch: int, seq_len: int, vocab: int, device_ms: float = 0.0):
         self.model = TRM(preset("sudoku-tiny"))  # only its config is read (token and puzzle id ranges)
         self.max_batch, self.slots = max_batch, 2 * max_batch
+        self.device_s, self.free_at = device_ms / 1e3, 0.0
         rng = np.random.default_rng(0)
         self.answers = rng.integers(2, vocab, (max_batch, seq_len))
         self.q = rng.standard_normal(max_batch).astype(np.float32) - 5
@@ -49,10 +53,13 @@ class StubRunner:
     def padded(self, rows: int) -> int:
         return rows
 
-    def launch(self, batch: Batch) -> Batch:
-        return batch  # answered at once: nothing to wait for
+    def launch(self, batch: Batch) -> tuple[Batch, float]:
+        self.free_at = max(time.perf_counter(), self.free_at) + self.device_s
+        return batch, self.free_at
 
-    def collect(self, batch: Batch) -> StepResult:
+    def collect(self, launched: tuple[Batch, float]) -> StepResult:
+        batch, ready = launched
+        time.sleep(max(0.0, ready - time.perf_counter()))
         n = len(batch.slots)
         return StepResult(self.answers[:n], self.q[:n], None, None, self.probs[:n] if batch.want_probs else None)
 
@@ -83,6 +90,25 @@ def measure(requests: int, params: SearchParams, repeats: int) -> dict:
     }
 
 
+def overlap(requests: int, params: SearchParams, device_ms: float) -> dict:
+    """Wall time for all requests with a simulated device step of `device_ms`, the engine pipelined and not. The rows
+    fill two batches, since a request in flight waits for its results: overlap needs a second batch to run."""
+    task = get_task("sudoku")
+    rows = requests * params.rollouts
+    puzzles = generate_puzzles(requests, np.random.default_rng(0), (30, 45))[0].astype(np.int64)
+    out = {}
+    for pipeline in (False, True):
+        runner = StubRunner(rows // 2, task.seq_len, task.vocab_size, device_ms)
+        limits = Limits(max_batch=rows // 2, max_requests=requests, max_rows=rows, rows_per_request=params.rollouts)
+        eng = Engine(runner, task, limits, pipeline=pipeline)
+        for i, p in enumerate(puzzles):
+            eng.submit(Request(task, p, params.replace(seed=i)))
+        start = time.perf_counter()
+        eng.run_until_idle()
+        out["pipelined" if pipeline else "serial"] = 1e3 * (time.perf_counter() - start) / eng.stats.steps
+    return {"device_ms": device_ms, **{f"ms_per_step_{k}": round(v, 3) for k, v in out.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=64)
@@ -91,6 +117,7 @@ def main() -> None:
     ap.add_argument("--diversity", default="noise", choices=("noise", "augment", "both", "none"))
     ap.add_argument("--early-exit", default="verified", choices=("off", "verified", "confident"))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device-ms", type=float, help="also time the pipelined engine against a simulated device step")
     args = ap.parse_args()
     params = SearchParams(
         rollouts=args.rollouts,
@@ -106,6 +133,12 @@ def main() -> None:
         f"{args.diversity}): host time per step {result['host_ms_per_step_median']:.2f} ms median, "
         f"{result['host_ms_per_step_p90']:.2f} ms p90 ({result['host_us_per_row_step']:.2f} us per row-step)"
     )
+    if args.device_ms:
+        result.update(overlap(args.requests, params, args.device_ms))
+        print(
+            f"{result['rows'] // 2} rows a step, simulated device step {args.device_ms:g} ms: "
+            f"{result['ms_per_step_serial']:.2f} ms per step serial, {result['ms_per_step_pipelined']:.2f} ms pipelined"
+        )
     print(json.dumps({"benchmark": "host", **vars(args), **result}))
 
 
