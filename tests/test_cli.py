@@ -100,6 +100,20 @@ def test_eval_with_rollouts_sweeps_and_plots(tiny_checkpoint, tmp_path):
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_eval_without_early_exit_runs_one_wave_whatever_the_checkpoint_default(tiny_checkpoint, tmp_path):
+    """Waves need an early exit: a checkpoint's default waves must not inflate the budget (row_steps_saved) or the
+    curve of a run with --early-exit off, and an explicit --waves there is refused."""
+    config = tiny_checkpoint / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "search": {"waves": 4, "early_exit": "verified"}}))
+    (tmp_path / "p.txt").write_text("\n".join(PUZZLES) + "\n")
+    args = ["--checkpoint", str(tiny_checkpoint), "--puzzles", str(tmp_path / "p.txt"), "-K", "3", "-D", "2"]
+    eval_main([*args, "--early-exit", "off", "--json", str(tmp_path / "r.json")])
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert (r["waves"], r["row_steps"], r["row_steps_saved"]) == (1, 18, 0) and "by_waves" not in r
+    with pytest.raises(SystemExit, match="--waves needs an early exit"):
+        eval_main([*args, "--early-exit", "off", "--waves", "2"])
+
+
 def test_read_lines_skips_comments_except_where_hash_is_a_cell(tmp_path):
     (tmp_path / "f.txt").write_text("# source: somewhere\n S.\n\n#S #\n")
     assert read_lines(tmp_path / "f.txt") == [" S."]
