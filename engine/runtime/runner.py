@@ -8,6 +8,8 @@ requests can join and leave at any step boundary. The runner casts the model's w
 - static (the CUDA default): rows are copied into fixed buffers padded to the smallest bucket of a ladder, and on
   CUDA one graph per bucket is captured for the step (SERVING.md §2.3), gather and scatter included. Seeds, steps
   and noise scales are read from device buffers, so every replay draws the rows' own fresh noise.
+`launch` enqueues a step and `collect` waits for its results, so the engine can keep one step on the device while it
+books the previous one (two host staging buffers alternate).
 """
 
 from __future__ import annotations
