@@ -329,10 +329,10 @@ def main(argv: list[str] | None = None) -> None:
         params = defaults.replace(rollouts=rollouts, **{k: v for k, v in flags.items() if v is not None})
     except ValueError as e:
         raise SystemExit(f"engine-eval: {e}") from None
-    if params.early_exit == "off" and params.waves > 1:  # the engine starts a next wave only after no early exit
+    if params.waves > params.wave_limit:
         if args.waves:
             raise SystemExit("engine-eval: --waves needs an early exit (--early-exit verified or confident)")
-        params = params.replace(waves=1)  # the checkpoint's default waves do not apply
+        params = params.replace(waves=params.wave_limit)  # the checkpoint's default waves do not apply
     picked_by_engine = params.early_exit != "off" or params.strategy == "commit"
     if args.sweep and picked_by_engine:
         raise SystemExit("engine-eval: --sweep needs rollouts with --early-exit off (every row must run all D steps)")

@@ -275,7 +275,7 @@ class Engine:
             if (req.steps_done >= req.params.steps).all():
                 if req.search is not None:
                     self._advance(req)
-                elif req.node + 1 < req.params.waves and req.params.early_exit != "off":
+                elif req.node + 1 < req.params.wave_limit:
                     self._next_wave(req)
                 else:
                     self._resolve(req, "completed")

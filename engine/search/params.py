@@ -95,6 +95,12 @@ class SearchParams:
     def sigma_y(self) -> float:
         return self.noise if self.noisy and self.noise_target in ("y", "both") else 0.0
 
+    @property
+    def wave_limit(self) -> int:
+        """Waves a search can run: a next wave starts only after one ended without an early exit, so there is only
+        one without an early-exit rule."""
+        return self.waves if self.early_exit != "off" else 1
+
     def replace(self, **changes) -> SearchParams:
         return dataclasses.replace(self, **changes)
 
