@@ -64,18 +64,26 @@ class StubRunner:
         return StepResult(self.answers[:n], self.q[:n], None, None, self.probs[:n] if batch.want_probs else None)
 
 
-def measure(requests: int, params: SearchParams, repeats: int) -> dict:
+def loaded(
+    requests: int, params: SearchParams, max_batch: int, device_ms: float = 0.0, pipeline: bool | None = None
+) -> Engine:
+    """An engine on a stub runner of `max_batch` rows with `requests` easy puzzles submitted (seeds 0, 1, ...)."""
     task = get_task("sudoku")
     rows = requests * params.rollouts
     puzzles = generate_puzzles(requests, np.random.default_rng(0), (30, 45))[0].astype(np.int64)
+    runner = StubRunner(max_batch, task.seq_len, task.vocab_size, device_ms)
+    limits = Limits(max_batch=max_batch, max_requests=requests, max_rows=rows, rows_per_request=params.rollouts)
+    eng = Engine(runner, task, limits, pipeline=pipeline)
+    for i, p in enumerate(puzzles):
+        eng.submit(Request(task, p, params.replace(seed=i)))
+    return eng
+
+
+def measure(requests: int, params: SearchParams, repeats: int) -> dict:
+    rows = requests * params.rollouts
     per_step = []
     for _ in range(repeats):
-        runner = StubRunner(rows, task.seq_len, task.vocab_size)
-        eng = Engine(
-            runner, task, Limits(max_batch=rows, max_requests=requests, max_rows=rows, rows_per_request=params.rollouts)
-        )
-        for i, p in enumerate(puzzles):
-            eng.submit(Request(task, p, params.replace(seed=i)))
+        eng = loaded(requests, params, rows)
         while eng.busy:
             start = time.perf_counter()
             eng.step()
@@ -93,16 +101,9 @@ def measure(requests: int, params: SearchParams, repeats: int) -> dict:
 def overlap(requests: int, params: SearchParams, device_ms: float) -> dict:
     """Wall time for all requests with a simulated device step of `device_ms`, the engine pipelined and not. The rows
     fill two batches, since a request in flight waits for its results: overlap needs a second batch to run."""
-    task = get_task("sudoku")
-    rows = requests * params.rollouts
-    puzzles = generate_puzzles(requests, np.random.default_rng(0), (30, 45))[0].astype(np.int64)
     out = {}
     for pipeline in (False, True):
-        runner = StubRunner(rows // 2, task.seq_len, task.vocab_size, device_ms)
-        limits = Limits(max_batch=rows // 2, max_requests=requests, max_rows=rows, rows_per_request=params.rollouts)
-        eng = Engine(runner, task, limits, pipeline=pipeline)
-        for i, p in enumerate(puzzles):
-            eng.submit(Request(task, p, params.replace(seed=i)))
+        eng = loaded(requests, params, requests * params.rollouts // 2, device_ms=device_ms, pipeline=pipeline)
         start = time.perf_counter()
         eng.run_until_idle()
         out["pipelined" if pipeline else "serial"] = 1e3 * (time.perf_counter() - start) / eng.stats.steps
