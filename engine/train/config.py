@@ -12,9 +12,8 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)  # e.g. {"H_cycles": 2, "L_cycles": 2} for the T/n ablations
     global_batch_size: int = 768
     steps: int = 65_100  # optimizer steps (one ACT step on a batch of carries each)
-    minutes: float | None = (
-        None  # wall-clock budget, evaluations included: stop (evaluate, save) at the first step past it
-    )
+    # wall-clock budget, evaluations included: stop (evaluate, save) at the first step past it
+    minutes: float | None = None
     lr: float = 1e-4
     lr_min_ratio: float = 1.0  # 1.0: constant after warm-up, as the paper
     warmup_steps: int = 2000
