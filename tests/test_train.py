@@ -3,6 +3,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from engine.checkpoint import load_checkpoint
+from engine.tasks import get_task
 from engine.train.config import train_preset
 from engine.train.data import generate_puzzles
 from engine.train.losses import act_loss, log_stablemax, token_cross_entropy
@@ -92,6 +94,56 @@ def puzzles():
     return generate_puzzles(120, np.random.default_rng(0), clues=(30, 40))
 
 
+def test_group_loss_is_the_mixture_likelihood_and_credits_the_row_nearest_the_answer():
+    labels = torch.randint(2, 11, (2, 81))
+    logits = torch.randn(2, 81, 11)
+    q = torch.zeros(2, 2)
+    # identical rows: the mixture of one distribution is that distribution, so the loss is the per-row loss
+    same = logits[:1].expand(2, -1, -1)
+    torch.testing.assert_close(
+        act_loss(same, q, labels[:1].expand(2, -1), group=2)[0], act_loss(same, q, labels[:1].expand(2, -1))[0]
+    )
+    # distinct rows of one puzzle: -log mean_g p_g(grid), per cell, counted for both rows
+    logits.requires_grad_(True)
+    y = labels[:1].expand(2, -1)
+    loss, _ = act_loss(logits, q, y, group=2)
+    nll = token_cross_entropy(logits, y).sum(-1)
+    mixture = -torch.logsumexp(-nll, 0) + math.log(2)
+    q_bce = 2 * 0.5 * math.log(2)  # BCE of q = 0 against "wrong", twice
+    torch.testing.assert_close(loss, (2 * mixture / 81 + q_bce).to(loss.dtype))
+    loss.backward()
+    near = int(nll.argmin())
+    grad = logits.grad.abs().sum((1, 2))
+    assert grad[near] > grad[1 - near]  # the row nearer the solution takes the larger share of the gradient
+
+
+def test_group_rows_hold_one_puzzle_under_symmetries_and_halt_together_when_one_is_right(puzzles, tmp_path):
+    trainer = Trainer(replace(train_preset("tiny"), group=4), "sudoku", puzzles, puzzles, tmp_path)
+    step, halts = trainer.model.step, 0
+
+    def step_right_at_random(*args):  # now and then a row is exactly right (and its Q head says done)
+        carry, logits, q = step(*args)
+        right = (torch.rand(len(logits)) < 0.1)[:, None, None]
+        return carry, logits + 100 * right * F.one_hot(trainer.labels, logits.shape[-1]), q + 100 * right[:, :, 0]
+
+    trainer.model.step = step_right_at_random
+    for _ in range(6):
+        trainer.train_step()
+        halts += int((trainer.halted & (trainer.steps < 4)).sum())  # before N_sup = 4
+        x, y = trainer.inputs.view(4, 4, 81).numpy(), trainer.labels.view(4, 4, 81).numpy()
+        assert get_task("sudoku").verify_batch(x.reshape(16, 81), y.reshape(16, 81)).all()
+        for rows in x:
+            # invariants of the symmetries: the number of givens, and how many times each digit is given (sorted)
+            givens = [np.sort(np.bincount(r[r != 1], minlength=11)[2:]) for r in rows]
+            assert all((g == givens[0]).all() for g in givens)
+            assert len({r.tobytes() for r in rows}) > 1  # different symmetries, not copies
+        assert (trainer.halted.view(4, 4) == trainer.halted.view(4, 4)[:, :1]).all()
+        assert (trainer.steps.view(4, 4) == trainer.steps.view(4, 4)[:, :1]).all()
+    assert halts > 0  # some groups halted early, on a right row, so the rule above was exercised
+    with pytest.raises(ValueError, match="divide"):
+        replace(train_preset("tiny"), group=5)
+
+
 def test_halted_rows_take_new_samples_and_the_rest_keep_their_carry(puzzles, tmp_path):
     trainer = Trainer(train_preset("tiny"), "sudoku", puzzles, puzzles, tmp_path)
     trainer.train_step()
@@ -131,10 +183,11 @@ def run_train(out, *extra, kill_at=-1):
     return subprocess.run([sys.executable, "-c", KILLABLE, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
-    straight = run_train(tmp_path / "straight")
+@pytest.mark.parametrize("group", [[], ["--group", "4"]], ids=["rows", "groups"])
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, group):
+    straight = run_train(tmp_path / "straight", *group)
     assert straight.returncode == 0, straight.stderr
-    killed = run_train(tmp_path / "killed", kill_at=10)  # steps 9-10 run after the step-8 save, then die
+    killed = run_train(tmp_path / "killed", *group, kill_at=10)  # steps 9-10 run after the step-8 save, then die
     assert killed.returncode == -9
     assert json.loads((tmp_path / "killed" / "train_state" / "state.json").read_text())["step"] == 8
     resumed = run_train(tmp_path / "killed", "--resume")

@@ -127,6 +127,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ov.add_argument("--H-cycles", type=int, help="T")
     ov.add_argument("--L-cycles", type=int, help="n")
     ov.add_argument("--hidden-size", type=int, help="model width (the puzzle embedding follows it)")
+    ov.add_argument(
+        "--group",
+        type=int,
+        help="rows per puzzle: each sample under G symmetries, trained on the solution's likelihood under their "
+        "mixture (what a search over symmetries needs: one row that finishes)",
+    )
     ov.add_argument("--eval-every", type=int)
     ov.add_argument("--eval-limit", type=int)
     ov.add_argument("--save-every", type=int)

@@ -31,6 +31,9 @@ class TrainConfig:
     curriculum: float = 0.0  # fraction of training over which the data shares move from all-easy to final
     curriculum_easy: str = "generated"  # the easy source a curriculum starts from
     init_from: str | None = None  # checkpoint whose weights (and model config) the run started from
+    # rows per puzzle: each sample under `group` random symmetries, halting together, scored by the likelihood of the
+    # solution under their mixture (TRM only; 1 is the paper's per-row loss)
+    group: int = 1
     # GRAM (PTRM_GRAM.md §4.3-4.5); ignored by TRM
     arch: str = "trm"  # or "gram"
     kl_beta: float = 0.1  # 0.1 Sudoku solving, 0.05 unconditional generation
@@ -54,6 +57,10 @@ class TrainConfig:
         for name in ("global_batch_size", "steps", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.group < 1 or self.global_batch_size % self.group:
+            raise ValueError(f"group must be at least 1 and divide the global batch {self.global_batch_size}")
+        if self.group > 1 and self.arch != "trm":
+            raise ValueError("group training is for arch trm")
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -25,13 +27,24 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, kind: str = 
 
 
 def act_loss(
-    logits: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, kind: str = "stablemax"
+    logits: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, kind: str = "stablemax", group: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss of one supervision step over all rows: per-sequence mean token CE + 0.5 * BCE(q_halt, grid correct).
 
     Returns (loss, seq_is_correct). Every Sudoku cell is supervised, so there is no ignore mask; the caller divides
-    by the global batch size. q_continue is unused (the official `no_ACT_continue=True`)."""
-    lm_loss = token_cross_entropy(logits, labels, kind).mean(-1).sum()
+    by the global batch size. q_continue is unused (the official `no_ACT_continue=True`).
+
+    `group` > 1: consecutive rows are one puzzle under different symmetries, and each group's term is the negative
+    log-likelihood of the solution under the mixture of its rows, -log mean_g p_g(grid), per cell and counted once
+    per row. The gradient goes to the rows nearest the answer: a row that commits to a right guess is credited over
+    a row that hedges, as the search over symmetries needs one row to finish, not all (multiple-choice learning)."""
+    ce = token_cross_entropy(logits, labels, kind)
+    if group == 1:
+        lm_loss = ce.mean(-1).sum()
+    else:
+        nll = ce.sum(-1).view(-1, group)  # -log p(grid) per row
+        mixture = math.log(group) - torch.logsumexp(-nll, dim=1)
+        lm_loss = mixture.sum() * group / labels.shape[-1]
     with torch.no_grad():
         seq_is_correct = (logits.argmax(-1) == labels).all(-1)
     q_halt_loss = F.binary_cross_entropy_with_logits(q[:, 0], seq_is_correct.to(q.dtype), reduction="sum")

@@ -33,7 +33,7 @@ from engine.models import GRAM, TRM, counter_noise, preset
 from engine.models.config import compute_dtype
 from engine.tasks import get_task
 from engine.train.config import TrainConfig
-from engine.train.data import Mixture, Source
+from engine.train.data import Mixture, Source, augment
 from engine.train.losses import act_loss, gram_loss
 from engine.train.optim import EMA, AdamATan2, SignSGD, lr_at
 
@@ -83,8 +83,8 @@ class Trainer:
         ddp: Dist = Dist(),
         data: str = "",
     ):
-        if cfg.global_batch_size % ddp.world:
-            raise ValueError(f"global batch {cfg.global_batch_size} does not split over {ddp.world} ranks")
+        if cfg.global_batch_size % (ddp.world * cfg.group):
+            raise ValueError(f"global batch {cfg.global_batch_size} does not split over {ddp.world} ranks of groups")
         self.cfg, self.task, self.dev, self.out, self.device, self.ddp = cfg, task, dev, Path(out), device, ddp
         self.data = data  # where the samples came from, for the checkpoint's training summary
         torch.manual_seed(cfg.seed)
@@ -122,12 +122,15 @@ class Trainer:
     def train_step(self) -> torch.Tensor:
         """One supervision step; returns [halted rows, of them exact, of them Q right, their steps, summed loss,
         summed KL per position (GRAM; 0 for TRM)]."""
-        cfg, model = self.cfg, self.model
+        cfg, model, G = self.cfg, self.model, self.cfg.group
         self.step += 1
         h = self.halted
         if n := int(h.sum()):
             self.stream.progress = self.step / cfg.steps
-            x, y = self.stream.next(n)
+            x, y = self.stream.next(n // G)
+            if G > 1:  # each sample under G fresh symmetries, drawn per step so a resume redraws the same
+                rng = np.random.default_rng([cfg.seed, self.step, self.ddp.rank])
+                x, y = augment(x.repeat(G, 0), y.repeat(G, 0), rng)
             self.inputs[h] = torch.from_numpy(x).to(self.device, torch.long)
             self.labels[h] = torch.from_numpy(y).to(self.device, torch.long)
         self.carry = model.reset(self.carry, h)
@@ -140,7 +143,7 @@ class Trainer:
             kl = kl.sum()
         else:
             self.carry, logits, q = model.step(self.carry, self.inputs, self.puzzle_ids)
-            loss, correct = act_loss(logits, q, self.labels, cfg.loss)
+            loss, correct = act_loss(logits, q, self.labels, cfg.loss, G)
             kl = torch.zeros(())
         (loss / cfg.global_batch_size).backward()
         for p in model.parameters():  # sum over ranks: the official global-batch mean
@@ -160,10 +163,14 @@ class Trainer:
         with torch.no_grad():  # ACT halting with exploration (TRM.md §4)
             self.steps += 1
             q_halt = q[:, 0]
-            halted = (self.steps >= model.config.halt_max_steps) | (q_halt > 0)
-            explore = torch.rand(len(h), generator=self.explore) < model.config.halt_exploration_prob
-            min_steps = explore * torch.randint(2, model.config.halt_max_steps + 1, (len(h),), generator=self.explore)
-            self.halted = done = halted & (self.steps >= min_steps.to(self.device))
+            # A row alone stops when its Q head says done (TRM.md §4). A group stops together when one of its rows is
+            # right, as the search stops at its first verified row, so a hard puzzle keeps its rows for all N steps.
+            N = model.config.halt_max_steps
+            halted = ((self.steps >= N) | (correct if G > 1 else q_halt > 0)).view(-1, G).any(1)
+            explore = torch.rand(len(halted), generator=self.explore) < model.config.halt_exploration_prob
+            min_steps = explore * torch.randint(2, N + 1, halted.shape, generator=self.explore)
+            done = halted & (self.steps[::G] >= min_steps.to(self.device))
+            self.halted = done = done.repeat_interleave(G)
             stats = [
                 done.sum(),
                 (done & correct).sum(),
