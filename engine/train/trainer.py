@@ -5,7 +5,8 @@ Every optimizer step is one supervision step on a batch of carries. Rows that ha
 steps reached, with exploration) are reset and take fresh samples; the others keep their state and data. The whole
 state — weights, EMA, optimizer moments, carries, data position and RNG streams — is saved atomically, so a killed
 run resumes exactly where its last save left it. Under torchrun every rank holds global_batch / world rows and
-gradients are summed across ranks, which keeps the replicas identical.
+gradients are summed across ranks, which keeps the replicas identical. With `group` > 1 each sample fills G rows
+under different symmetries that are scored as a mixture and halt together (`act_loss`).
 
 GRAM trains on trajectories sampled from its posterior q(eps | u, y) (noise from a saved per-rank generator, so resumes
 are exact) with the truncated ELBO of `gram_loss`. Each evaluation runs prior-sampled rollouts next to posterior ones
@@ -84,7 +85,9 @@ class Trainer:
         data: str = "",
     ):
         if cfg.global_batch_size % (ddp.world * cfg.group):
-            raise ValueError(f"global batch {cfg.global_batch_size} does not split over {ddp.world} ranks of groups")
+            raise ValueError(
+                f"global batch {cfg.global_batch_size} does not split into groups of {cfg.group} over {ddp.world} ranks"
+            )
         self.cfg, self.task, self.dev, self.out, self.device, self.ddp = cfg, task, dev, Path(out), device, ddp
         self.data = data  # where the samples came from, for the checkpoint's training summary
         torch.manual_seed(cfg.seed)
