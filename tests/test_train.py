@@ -97,15 +97,12 @@ def puzzles():
 def test_group_loss_is_the_mixture_likelihood_and_credits_the_row_nearest_the_answer():
     labels = torch.randint(2, 11, (2, 81))
     logits = torch.randn(2, 81, 11)
-    q = torch.zeros(2, 2)
+    q, y = torch.zeros(2, 2), labels[:1].expand(2, -1)
     # identical rows: the mixture of one distribution is that distribution, so the loss is the per-row loss
     same = logits[:1].expand(2, -1, -1)
-    torch.testing.assert_close(
-        act_loss(same, q, labels[:1].expand(2, -1), group=2)[0], act_loss(same, q, labels[:1].expand(2, -1))[0]
-    )
+    torch.testing.assert_close(act_loss(same, q, y, group=2)[0], act_loss(same, q, y)[0])
     # distinct rows of one puzzle: -log mean_g p_g(grid), per cell, counted for both rows
     logits.requires_grad_(True)
-    y = labels[:1].expand(2, -1)
     loss, _ = act_loss(logits, q, y, group=2)
     nll = token_cross_entropy(logits, y).sum(-1)
     mixture = -torch.logsumexp(-nll, 0) + math.log(2)
