@@ -174,8 +174,8 @@ cli.main(sys.argv[1:])
 TINY_RUN = "--preset tiny --generate 150 --dev-size 20".split()
 
 
-def run_train(out, *extra, kill_at=-1):
-    args = [*TINY_RUN, *"--steps 12 --save-every 4 --eval-every 6".split(), "--out", str(out), *extra]
+def run_train(out, *extra, kill_at=-1, data=TINY_RUN):
+    args = [*data, *"--steps 12 --save-every 4 --eval-every 6".split(), "--out", str(out), *extra]
     env = {**os.environ, "KILL_AT": str(kill_at)}
     return subprocess.run([sys.executable, "-c", KILLABLE, *args], env=env, capture_output=True, text=True, timeout=300)
 
@@ -187,7 +187,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
     killed = run_train(tmp_path / "killed", *group, kill_at=10)  # steps 9-10 run after the step-8 save, then die
     assert killed.returncode == -9
     assert json.loads((tmp_path / "killed" / "train_state" / "state.json").read_text())["step"] == 8
-    resumed = run_train(tmp_path / "killed", "--resume")
+    resumed = run_train(tmp_path / "killed", "--resume", data=[])  # the run recorded its data flags
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 8" in resumed.stdout
     for part in ("train_state/state.safetensors", "checkpoint/model.safetensors"):
@@ -219,6 +219,23 @@ def test_cli_refuses_to_overwrite_or_resume_nothing(tmp_path):
     (tmp_path / "train_state" / "state.json").write_text("{}")
     with pytest.raises(SystemExit, match="already holds a run"):
         main(["--out", str(tmp_path), "--generate", "50", "--dev-size", "5"])
+
+
+def test_resume_takes_the_run_data_flags_and_refuses_different_ones(tmp_path):
+    from engine.train.cli import build_config, parse_args, restore_data
+
+    fresh = ["--out", str(tmp_path), "--generate", "50", "--clues", "30", "45", "--dev-size", "5"]
+    cfg = build_config(parse_args(fresh))
+    (tmp_path / "train_state").mkdir()
+    (tmp_path / "train_state" / "state.json").write_text(json.dumps({"config": cfg.to_dict()}))
+
+    for same in ([], ["--clues", "30", "45"]):
+        args = parse_args(["--out", str(tmp_path), "--resume", *same])
+        restore_data(args, build_config(args))
+        assert (args.generate, args.clues, args.dev_size, args.puzzles) == (50, [30, 45], 5, None)
+    args = parse_args(["--out", str(tmp_path), "--resume", "--clues", "22", "30", "--generate", "60"])
+    with pytest.raises(SystemExit, match=r"--generate 60 differs from the run's 50"):
+        restore_data(args, build_config(args))
 
 
 # Runs the real CLI under torchrun; after training each rank dumps its own weights for comparison.

@@ -1,7 +1,7 @@
 """`engine-train`: train a TRM or GRAM checkpoint (runs under torchrun for data-parallel training).
 
 engine-train --preset cpu-small --puzzles P.txt --solutions P.sol --dev-size 2000 --out runs/sudoku
-engine-train --out runs/sudoku --resume           # continue a killed run from its last save
+engine-train --out runs/sudoku --resume           # continue a killed run from its last save, on its own data
 engine-train --arch gram --generate 40000 --clues 30 45 --out runs/gram      # a GRAM solver (gram-cpu-small)
 engine-train --arch gram --generator --grids 50000 --out runs/gram-gen     # an unconditional grid generator
 engine-train --init-from checkpoints/sudoku-trm --puzzles hard.txt --solutions hard.sol --extra-clues 0 30 \
@@ -38,7 +38,27 @@ from engine.train.trainer import Dist, PosteriorCollapse, Trainer, describe_eval
 DEFAULT_PRESET = {"trm": "cpu-small", "gram": "gram-cpu-small", "generator": "gram-gen-cpu-small"}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+# The flags that choose the training data: a run records them (`TrainConfig.data`), so `--resume` needs only --out.
+DATA_FLAGS = (
+    "task",
+    "puzzles",
+    "solutions",
+    "csv",
+    "hf",
+    "generate",
+    "grids",
+    "clues",
+    "min_guesses",
+    "extra_clues",
+    "infill",
+    "mix",
+    "dev_size",
+    "eval_puzzles",
+    "eval_solutions",
+)
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="engine-train",
         description="Train a TRM or GRAM checkpoint with the papers' recipes.",
@@ -145,7 +165,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ov.add_argument("--collapse-after", type=int, help="GRAM: first step at which the collapse guard may stop")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parser().parse_args(argv)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value  # as JSON gives it back
+
+
+def restore_data(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    """`--resume` trains on the run's own data: its recorded flags replace the defaults, and a data flag given with
+    another value is refused (the continuation would silently differ). Runs recorded before `TrainConfig.data` take
+    the flags given."""
+    defaults = parser()
+    for name, value in {**cfg.data, "generator": cfg.generator, "curriculum": cfg.curriculum or None}.items():
+        given = _plain(getattr(args, name))
+        if given != _plain(defaults.get_default(name)) and given != value:
+            raise SystemExit(
+                f"engine-train: --resume continues the run on its own data: --{name.replace('_', '-')} {given} "
+                f"differs from the run's {value}; start a new --out to change it"
+            )
+        setattr(args, name, value)
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
@@ -175,6 +218,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
             raise SystemExit(f"engine-train: {args.init_from} is a {init['arch']} checkpoint, not --arch {args.arch}")
         model = {**{k: v for k, v in init["model"].items() if k != "forward_dtype"}, **model}
         overrides["init_from"] = str(args.init_from)
+    overrides["data"] = {name: _plain(getattr(args, name)) for name in DATA_FLAGS}
     name = args.preset or DEFAULT_PRESET["generator" if args.generator else args.arch]
     try:
         cfg = train_preset(name, **overrides)
@@ -292,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         ddp = Dist(dist.get_rank(), dist.get_world_size(), device)
     cfg = build_config(args)
+    if args.resume:
+        restore_data(args, cfg)
     train, dev, data = load_data(args, cfg.seed)
     trainer = Trainer(cfg, args.task, train, dev, args.out, device, ddp, data)
     if args.resume:

@@ -31,6 +31,7 @@ class TrainConfig:
     curriculum: float = 0.0  # fraction of training over which the data shares move from all-easy to final
     curriculum_easy: str = "generated"  # the easy source a curriculum starts from
     init_from: str | None = None  # checkpoint whose weights (and model config) the run started from
+    data: dict = field(default_factory=dict)  # engine-train's data flags (paths as given), so --resume needs only --out
     # rows per puzzle: each sample under `group` random symmetries, halting together, scored by the likelihood of the
     # solution under their mixture (TRM only; 1 is the paper's per-row loss)
     group: int = 1
