@@ -40,22 +40,9 @@ DEFAULT_PRESET = {"trm": "cpu-small", "gram": "gram-cpu-small", "generator": "gr
 
 # The flags that choose the training data: a run records them (`TrainConfig.data`), so `--resume` needs only --out.
 DATA_FLAGS = (
-    "task",
-    "puzzles",
-    "solutions",
-    "csv",
-    "hf",
-    "generate",
-    "grids",
-    "clues",
-    "min_guesses",
-    "extra_clues",
-    "infill",
-    "mix",
-    "dev_size",
-    "eval_puzzles",
-    "eval_solutions",
-)
+    "task puzzles solutions csv hf generate grids clues min_guesses extra_clues infill mix dev_size eval_puzzles "
+    "eval_solutions"
+).split()
 
 
 def parser() -> argparse.ArgumentParser:
