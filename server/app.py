@@ -97,18 +97,9 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
         """Readiness: 503 while loading, after a failed load, while draining, and while an engine is stalled (no step
         for `watchdog_s` with requests waiting)."""
         state = request.app.state
-        if state.phase != "ready":
-            return JSONResponse(
-                {"error": {"type": "unavailable", "message": _phase_message(state)}},
-                status_code=503,
-                headers={"Retry-After": "5"},
-            )
-        stalled = {s.name: t for s in state.models.all() if (t := s.stalled_for()) > settings.watchdog_s}
-        if stalled:
-            name, t = next(iter(stalled.items()))
-            message = f"engine {name!r} has made no step for {t:.0f} s while requests wait"
-            log.error("watchdog: engine stalled", extra={"fields": {"model": name, "stalled_s": t}})
-            return JSONResponse({"error": {"type": "unavailable", "message": message}}, status_code=503)
+        if why := not_ready(state):
+            headers = {"Retry-After": "5"} if state.phase != "ready" else None
+            return JSONResponse({"error": {"type": "unavailable", "message": why}}, status_code=503, headers=headers)
         return {"status": "ready", "models": [m.name for m in state.models.all()]}
 
     @app.get("/metrics", include_in_schema=False)
@@ -150,6 +141,20 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     return app
+
+
+def not_ready(state) -> str | None:
+    """Why the app is not ready (loading, a failed load, draining, a stalled engine), or None: what /readyz and a Ray
+    Serve replica's health check answer."""
+    if state.phase != "ready":
+        return _phase_message(state)
+    watchdog = state.settings.watchdog_s
+    stalled = {s.name: t for s in state.models.all() if (t := s.stalled_for()) > watchdog}
+    if stalled:
+        name, t = next(iter(stalled.items()))
+        log.error("watchdog: engine stalled", extra={"fields": {"model": name, "stalled_s": t}})
+        return f"engine {name!r} has made no step for {t:.0f} s while requests wait"
+    return None
 
 
 def _phase_message(state) -> str:

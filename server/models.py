@@ -109,6 +109,8 @@ def build_solver(name: str, ckpt: Checkpoint, s: Settings, role: str = "solver")
     if task.name == "sudoku":  # the exact solver's first call may compile it: here, not on the first request
         no_solution(task, np.full(task.seq_len, BLANK, np.int64))
     engine = Engine(runner, task, limits)
+    pace = engine.warm_up()  # before /readyz says ready: deadline admission knows the pace from the first request
+    log.info("warmed up", extra={"fields": {"model": name, "row_steps_per_s": round(pace, 1)}})
     defaults = default_params(ckpt.task, ckpt.arch, ckpt.config.halt_max_steps, ckpt.meta.get("search"))
     defaults = defaults.replace(rollouts=min(defaults.rollouts, s.max_rollouts), steps=min(defaults.steps, s.max_steps))
     solver = Solver(name, ckpt, task, engine, AsyncEngine(engine), defaults, role)
