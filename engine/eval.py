@@ -46,7 +46,59 @@ def read_lines(
     return lines[:limit]
 
 
-def encode_all(task: Task, lines: list[str], path: str, answers: bool = False) -> np.ndarray:
+def read_table(path: str | Path, offset: int = 0, limit: int | None = None) -> tuple[list, list | None]:
+    """Puzzles (and solutions, when every record has one) from JSON Lines or Parquet: records with a `puzzle` field
+    (text or nested lists, as /solve takes it) and an optional `solution`."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SystemExit("engine-eval: reading Parquet needs pyarrow: pip install -e '.[ray]'") from None
+        records = pq.read_table(path).to_pylist()
+    else:
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    records = records[offset:][:limit]
+    for i, r in enumerate(records, 1):
+        if "puzzle" not in r:
+            raise SystemExit(f"engine-eval: {path}, record {i}: no `puzzle` field")
+    solutions = [r.get("solution") for r in records]
+    return [r["puzzle"] for r in records], None if None in solutions else solutions
+
+
+def is_table(path: str | Path) -> bool:
+    return Path(path).suffix in (".jsonl", ".parquet")
+
+
+def write_results(path: str | Path, task: Task, puzzles: np.ndarray, results: list, ok: np.ndarray | None) -> None:
+    """One record per puzzle, in puzzle order, as JSON Lines or (`.parquet`) Parquet."""
+    records = [
+        {
+            "id": i,
+            "puzzle": task.to_text(p),
+            "answer": task.to_text(r.answer),
+            **({"correct": bool(ok[i])} if ok is not None else {}),
+            "verified": r.verified,
+            "confidence": r.selection.confidence,
+            "selector": r.selection.selector,
+            "rollouts": r.rollouts,
+            "row_steps": r.row_steps,
+            "waves": r.waves,
+            "finish": r.finish,
+        }
+        for i, (p, r) in enumerate(zip(puzzles, results))
+    ]
+    if str(path).endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), path)
+    else:
+        Path(path).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def encode_all(task: Task, lines: list, path: str, answers: bool = False) -> np.ndarray:
     encode = task.encode_answer if answers else task.encode
     rows = []
     for i, line in enumerate(lines, 1):
@@ -70,6 +122,11 @@ def predict(
         answers.append(logits.argmax(-1).cpu().numpy())
         q_halt.append(q[:, 0].cpu().numpy())
     return np.concatenate(answers), np.concatenate(q_halt)
+
+
+def new_engine(runner: Runner, task: Task, n: int, params: SearchParams) -> Engine:
+    """An engine that admits `n` requests of `params` at once (an evaluation submits them all)."""
+    return Engine(runner, task, Limits(runner.max_batch, n, n * params.rollouts))
 
 
 def search_all(
@@ -289,7 +346,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="auto", help="compute dtype: auto, bfloat16, float32")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is much faster on a machine other jobs load)")
     p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--out", help="write one record per puzzle to this file: JSON Lines, or Parquet (.parquet)")
+    r = p.add_argument_group("Ray Data: an actor pool of engines on a Ray cluster (pip install -e '.[ray]')")
+    r.add_argument("--ray", action="store_true", help="search on Ray actors instead of this process")
+    r.add_argument("--ray-address", help="cluster to join (default: RAY_ADDRESS, else a local one started here)")
+    r.add_argument("--concurrency", type=int, default=2, help="actors, each with its own engine")
+    r.add_argument("--gpus-per-actor", type=float, default=0.0, help="fractional GPUs pack actors on one device")
+    r.add_argument("--puzzles-per-batch", type=int, default=32, help="puzzles an actor takes at a time")
     args = p.parse_args(argv)
+    if args.ray and (args.likelihood or args.selector == "likelihood"):
+        raise SystemExit("engine-eval: --ray does not score the likelihood selector (it needs the driver's model)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -302,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
         return _generate(ckpt, task, args)
     if not args.puzzles:
         raise SystemExit("engine-eval: give --puzzles FILE (or --generate N for a GRAM generator)")
+    if args.out and not args.out.endswith((".jsonl", ".parquet")):
+        raise SystemExit("engine-eval: --out takes a .jsonl or .parquet file")
     # Without search flags: deterministic TRM (K = 1, no noise), the number a CARD quotes; with K > 1 the noise
     # defaults to the checkpoint's (PTRM's per-task sigma).
     defaults = default_params(task.name, ckpt.arch, ckpt.config.halt_max_steps, ckpt.meta.get("search"))
@@ -337,19 +405,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.sweep and picked_by_engine:
         raise SystemExit("engine-eval: --sweep needs rollouts with --early-exit off (every row must run all D steps)")
     read = lambda path: read_lines(path, args.offset, args.limit, task.comment_prefix)  # noqa: E731
-    puzzles = encode_all(task, read(args.puzzles), args.puzzles)
+    lines, table_solutions = (
+        read_table(args.puzzles, args.offset, args.limit)
+        if is_table(args.puzzles)
+        else (
+            read(args.puzzles),
+            None,
+        )
+    )
+    puzzles = encode_all(task, lines, args.puzzles)
     solutions = None
-    if args.solutions:
-        solutions = encode_all(task, read(args.solutions), args.solutions, answers=True)
+    if args.solutions or table_solutions is not None:
+        path = args.solutions or args.puzzles
+        solutions = encode_all(task, read(path) if args.solutions else table_solutions, path, answers=True)
         if len(solutions) != len(puzzles):
             raise SystemExit(f"engine-eval: {len(puzzles)} puzzles but {len(solutions)} solutions")
 
-    runner = Runner(ckpt.model, max_batch=args.batch_size)
-    engine = Engine(runner, task, Limits(args.batch_size, len(puzzles), len(puzzles) * params.rollouts))
     start = time.perf_counter()
     # The engine selects by q here; `score` then applies every selector to the same rows (likelihood only once).
     engine_params = params if picked_by_engine else params.replace(selector="q")
-    results = search_all(engine, puzzles, engine_params, tuple(ladder(params.steps)) if args.sweep else ())
+    results, runner = run(args, ckpt, task, puzzles, engine_params, tuple(ladder(params.steps)) if args.sweep else ())
     wall = time.perf_counter() - start
     likelihoods = None
     if ckpt.arch == "gram" and (args.likelihood or params.selector == "likelihood"):
@@ -358,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     if not picked_by_engine:
         result = score(task, puzzles, rows, solutions, params.selector, likelihoods)
     else:  # answers chosen by the engine (early exit, commit search); their rows differ in number
-        chosen = np.stack([r.answer for r in results])
+        chosen = chosen_answers(results)
         result = {"n": len(puzzles), "exact_accuracy": float(correct(task, puzzles, chosen, solutions).mean())}
         if task.has_rule_verifier:
             result["verified"] = float(task.verify_batch(puzzles, chosen).mean())
@@ -411,13 +486,15 @@ def main(argv: list[str] | None = None) -> None:
         ),
         device=args.device,
         dtype=ckpt.config.forward_dtype,
-        runner=runner.mode,
+        runner=_mode(args, runner),
         wall_seconds=round(wall, 3),
         puzzles_per_second=round(len(puzzles) / wall, 2),
         row_steps_per_second=round(row_steps / wall, 1),
         machine=describe(args.device),
     )
     _print(result)
+    if args.out:
+        write_results(args.out, task, puzzles, results, correct(task, puzzles, chosen_answers(results), solutions))
     if args.sweep:
         result["sweep"] = sweep(task, puzzles, results, solutions, params.selector)
         _print_sweep(result["sweep"])
@@ -441,13 +518,11 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
         flags.update(mask=args.mask, backtrack=args.backtrack, order=args.order, diversity=args.diversity)
     params = params.replace(**{k: v for k, v in flags.items() if v is not None})
     seed = args.seed or 0
-    runner = Runner(ckpt.model, max_batch=args.batch_size)
-    engine = Engine(runner, task, Limits(args.batch_size, args.generate, args.generate * params.rollouts))
     empty = np.full((args.generate, task.seq_len), task.blank, np.int64)
     start = time.perf_counter()
-    results = search_all(engine, empty, params, seeds=[kernels.row_seed(seed, i) for i in range(args.generate)])
+    results, runner = run(args, ckpt, task, empty, params, seed_grids=seed)
     wall = time.perf_counter() - start
-    samples = np.stack([r.answer for r in results])
+    samples = chosen_answers(results)
     result = {"method": method, **generation_report(task, samples)}
     valid = samples[task.verify_batch(empty, samples)]
     result.update(diversity_report(valid) if task.name == "sudoku" and len(valid) > 1 else {})
@@ -464,13 +539,48 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
             else {}
         ),
         device=args.device,
+        runner=_mode(args, runner),
         wall_seconds=round(wall, 3),
         samples_per_second=round(args.generate / wall, 2),
         machine=describe(args.device),
     )
     _print(result)
+    if args.out:
+        write_results(args.out, task, empty, results, None)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def run(
+    args: argparse.Namespace,
+    ckpt,
+    task: Task,
+    puzzles: np.ndarray,
+    params: SearchParams,
+    record_steps: tuple[int, ...] = (),
+    seed_grids: int | None = None,
+) -> tuple[list[SearchResult], Runner | None]:
+    """Every puzzle through an engine: this process's (and its runner), or with --ray an actor pool of them (no
+    runner here). `seed_grids`: request i gets seed row_seed(seed_grids, i) (generation: each grid its own draw)."""
+    if args.ray:
+        from engine.ray_eval import search_ray
+
+        options = dict(concurrency=args.concurrency, gpus_per_actor=args.gpus_per_actor, address=args.ray_address)
+        options.update(puzzles_per_batch=args.puzzles_per_batch, batch_size=args.batch_size, device=args.device)
+        options.update(dtype=args.dtype, threads=args.threads or 1, record_steps=record_steps, seed_grids=seed_grids)
+        return search_ray(args.checkpoint, puzzles, params, **options), None
+    runner = Runner(ckpt.model, max_batch=args.batch_size)
+    seeds = None if seed_grids is None else [kernels.row_seed(seed_grids, i) for i in range(len(puzzles))]
+    engine = new_engine(runner, task, len(puzzles), params)
+    return search_all(engine, puzzles, params, record_steps, seeds=seeds), runner
+
+
+def chosen_answers(results: list[SearchResult]) -> np.ndarray:
+    return np.stack([r.answer for r in results])
+
+
+def _mode(args: argparse.Namespace, runner: Runner | None) -> str:
+    return f"ray ({args.concurrency} actors)" if runner is None else runner.mode
 
 
 def diversity_report(grids: np.ndarray) -> dict:

@@ -240,7 +240,10 @@ class Ingress:
         replicas = [t for t, up in zip(listed, await asyncio.gather(*map(_reachable, listed))) if up]
         nodes = await asyncio.to_thread(ray.nodes)
         ray_ports = [f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}" for n in nodes if n["Alive"]]
-        return [{"targets": replicas, "labels": {"source": "engines"}}, {"targets": ray_ports, "labels": {"source": "ray"}}]
+        return [
+            {"targets": replicas, "labels": {"source": "engines"}},
+            {"targets": ray_ports, "labels": {"source": "ray"}},
+        ]
 
 
 class _Lost(Exception):
@@ -264,7 +267,7 @@ async def _reachable(target: str) -> bool:
     host, port = target.rsplit(":", 1)
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 0.5)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     return True
