@@ -47,6 +47,7 @@ RETRIES = 2  # another replica for a request that got no byte yet; then a 503
 RETRY_WAIT_S = 0.5  # for Serve to stop routing to the dead replica
 LOST = (RayActorError, ReplicaUnavailableError)  # the replica died or left
 TARGETS, NAMESPACE = "trm-metrics-targets", "trm"
+EXTRA_ONGOING = 16  # a replica's requests beyond its engine's queue cap: /readyz, /v1/models, the page, refusals
 
 
 @ray.remote(num_cpus=0)
@@ -279,9 +280,12 @@ async def _respond(send, status: int, body: bytes, content_type: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def build_app(args: dict):
+def build_app(args: dict, engines: dict | None = None):
     """The Serve application (`import_path: server.ray_serve:build_app` in deploy/ray-serve.yaml): `args` are
-    engine-serve's settings (server/settings.py field names: checkpoints, threads, max_batch, ...)."""
-    settings = Settings(**args).model_dump(mode="json", exclude_unset=True)
-    engines = Engines.options(max_ongoing_requests=Settings(**args).max_queued_requests)
-    return Ingress.bind(engines.bind(settings), settings)
+    engine-serve's settings (server/settings.py field names); `engines`: options of the Engines deployment (the YAML's
+    `deployments` section overrides them too). A replica may hold more requests than its engine admits, so that the
+    engine's own 429 (with its Retry-After) answers an overload, not a silent wait in Serve's queue."""
+    settings = Settings(**args)
+    options = {"max_ongoing_requests": settings.max_queued_requests + EXTRA_ONGOING, **(engines or {})}
+    forwarded = settings.model_dump(mode="json", exclude_unset=True)
+    return Ingress.bind(Engines.options(**options).bind(forwarded), forwarded)
