@@ -146,7 +146,7 @@ class Engines:
         await self._lifespan.__aexit__(None, None, None)
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=1024)
+@serve.deployment(name="Ingress", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.1})
 @serve.ingress()
 class Ingress:
     """The HTTP entry: forwards every request to an Engines replica and relays the answer (no model here)."""
