@@ -39,7 +39,8 @@ def local_cluster(**options):
 
 def pids(pattern: str) -> list[int]:
     """Process ids whose command line contains `pattern` (Ray names its workers `ray::<actor class>`)."""
+    import re
     import subprocess
 
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    found = subprocess.run(["pgrep", "-f", re.escape(pattern)], capture_output=True, text=True).stdout.split()
     return [int(p) for p in found if int(p) != os.getpid()]
