@@ -421,6 +421,10 @@ def main(argv: list[str] | None = None) -> None:
         if len(solutions) != len(puzzles):
             raise SystemExit(f"engine-eval: {len(puzzles)} puzzles but {len(solutions)} solutions")
 
+    if args.ray:  # the cluster's start is not the evaluation's time
+        from engine.ray_eval import connect
+
+        connect(args.ray_address)
     start = time.perf_counter()
     # The engine selects by q here; `score` then applies every selector to the same rows (likelihood only once).
     engine_params = params if picked_by_engine else params.replace(selector="q")
@@ -519,6 +523,10 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
     params = params.replace(**{k: v for k, v in flags.items() if v is not None})
     seed = args.seed or 0
     empty = np.full((args.generate, task.seq_len), task.blank, np.int64)
+    if args.ray:
+        from engine.ray_eval import connect
+
+        connect(args.ray_address)
     start = time.perf_counter()
     results, runner = run(args, ckpt, task, empty, params, seed_grids=seed)
     wall = time.perf_counter() - start

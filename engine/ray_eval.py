@@ -59,6 +59,15 @@ class Searcher:
         return {"id": ids, "result": out}
 
 
+def connect(address: str | None = None):
+    """The ray module, joined to a running cluster (`address`, else RAY_ADDRESS) or to a local one started here."""
+    ray = require_ray()
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address=address, log_to_driver=False)
+    return ray
+
+
 def search_ray(
     checkpoint: str,
     puzzles: np.ndarray,
@@ -76,11 +85,9 @@ def search_ray(
     threads: int = 1,
 ) -> list[SearchResult]:
     """Every puzzle as one request on an actor pool of `concurrency` engines; results in puzzle order."""
-    ray = require_ray()
-    if not ray.is_initialized():  # a running cluster (`address`, RAY_ADDRESS) or a local one started here
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=address, log_to_driver=False)
-    data = ray.data.from_items([{"id": i, "puzzle": p} for i, p in enumerate(puzzles)])
+    ray = connect(address)
+    items = [{"id": i, "puzzle": p} for i, p in enumerate(puzzles)]
+    data = ray.data.from_items(items, override_num_blocks=-(-len(items) // puzzles_per_batch))  # a block a batch
     searched = data.map_batches(
         Searcher,
         fn_constructor_kwargs=dict(

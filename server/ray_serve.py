@@ -29,6 +29,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from contextlib import suppress
 
 from engine.ray_extra import require_ray
 
@@ -141,12 +142,14 @@ class Engines:
 
     async def __del__(self):
         """Removed (downscale, redeploy, shutdown): Serve has waited for this replica's requests; drain like SIGTERM."""
-        await self._targets.remove.remote(self.target)
-        self._metrics.shutdown()
+        if hasattr(self, "target"):  # fully started
+            with suppress(RayActorError):
+                await self._targets.remove.remote(self.target)
+            self._metrics.shutdown()
         await self._lifespan.__aexit__(None, None, None)
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.1})
+@serve.deployment(name="Ingress", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Ingress:
     """The HTTP entry: forwards every request to an Engines replica and relays the answer (no model here)."""
@@ -206,15 +209,14 @@ class Ingress:
     async def _relay(self, answer, receive, send) -> None:
         """Pass the replica's response messages on. The start waits for the first body bytes, so a replica lost
         before them loses nothing the client saw (the request can be retried). A client that leaves cancels it."""
-        start, started = None, False
+        start, started, finished = None, False, False
         left = asyncio.ensure_future(_disconnected(receive))
         try:
             while True:
                 chunk = asyncio.ensure_future(answer.__anext__())
                 await asyncio.wait({chunk, left}, return_when=asyncio.FIRST_COMPLETED)
-                if not chunk.done():
+                if not chunk.done():  # the client left: the finally cancels the replica's work
                     chunk.cancel()
-                    answer.cancel()
                     return
                 try:
                     messages = chunk.result()
@@ -231,9 +233,12 @@ class Ingress:
                         start, started = None, True
                     await send(m)
                     if not m.get("more_body"):
+                        finished = True
                         return
         finally:
             left.cancel()
+            if not finished:  # the client left, or this handler was cancelled: so is the replica's request
+                answer.cancel()
 
     async def targets(self) -> list[dict]:
         """Prometheus HTTP service discovery: the live Engines replicas' metrics and every node's Ray metrics."""

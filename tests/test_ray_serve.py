@@ -9,13 +9,14 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from live import PUZZLE, error_of, free_port
+from live import PUZZLE, error_of, free_port, metric
 from ray_local import local_cluster, pids, require_ray
 
 from server.app import create_app
@@ -26,7 +27,7 @@ from ray import serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = yaml.safe_load((ROOT / "deploy" / "ray-serve.yaml").read_text())["applications"][0]
-SMALL = dict(max_batch=16, max_rollouts=16, max_steps=16, max_generate_count=2, generate_batch=4)
+SMALL = dict(max_batch=16, max_rollouts=16, max_steps=64, max_generate_count=2, generate_batch=4)
 ENGINE_PROCESS = "ServeReplica:trm:Engines"
 DIFFERS = {"timing", "request_id", "timing_s"}  # per call, not per answer
 
@@ -169,6 +170,29 @@ def test_prometheus_sums_the_replicas_requests_beside_rays_metrics(service, tmp_
     finally:
         prom.terminate()
         prom.wait(10)
+
+
+def cancelled(service: str) -> float:
+    """trm_requests_total{endpoint="solve", outcome="cancelled"} summed over the replicas, read from each."""
+    total = 0.0
+    for target in httpx.get(service + "/metrics/targets").json()[0]["targets"]:
+        text = httpx.get(f"http://{target}/metrics").text
+        with suppress(KeyError):
+            total += metric(text, "trm_requests_total", endpoint="solve", outcome="cancelled")
+    return total
+
+
+def test_a_client_that_leaves_cancels_its_search_on_the_replica(service):
+    """A stream's client reads the first event and hangs up: the replica's app hears the disconnect through the
+    ingress and cancels the request (counted as cancelled there), as engine-serve does."""
+    before = cancelled(service)
+    long = {"puzzle": PUZZLE, "search": {"rollouts": 16, "steps": 64, "early_exit": "off"}, "stream": True}
+    with httpx.stream("POST", service + "/solve", json=long, timeout=60) as streamed:
+        assert next(streamed.iter_lines()).startswith("event: progress")
+    end = time.monotonic() + 30
+    while cancelled(service) < before + 1:
+        assert time.monotonic() < end, "the replica did not cancel the request"
+        time.sleep(0.2)
 
 
 def test_a_replica_killed_during_a_burst_loses_no_request_that_was_not_on_it(service):
