@@ -229,6 +229,21 @@ def test_a_replica_killed_during_a_burst_loses_no_request_that_was_not_on_it(ser
     assert httpx.post(service + "/solve", json={"puzzle": PUZZLE}, timeout=60).status_code == 200
 
 
+def test_a_removed_replica_finishes_its_requests(service):
+    """Scale from 2 replicas to 1 while each runs a long search: the removed one stops taking requests but finishes
+    its own (Serve waits for them, then the app drains), so both answer 200."""
+    long = {"puzzle": PUZZLE, "search": {"rollouts": 16, "steps": 32, "early_exit": "off"}}
+    with ThreadPoolExecutor(2) as pool:
+        running = [pool.submit(httpx.post, service + "/solve", json=long, timeout=120) for _ in range(2)]
+        time.sleep(1.0)
+        deploy(SMALL, num_replicas=1)
+        assert [f.result().status_code for f in running] == [200, 200]
+    end = time.monotonic() + 60
+    while len(pids(ENGINE_PROCESS)) != 1:  # the removed replica's process exits once drained
+        assert time.monotonic() < end, pids(ENGINE_PROCESS)
+        time.sleep(0.5)
+
+
 def test_serves_own_queue_limit_answers_in_our_shape(service):
     """One replica that takes one request at a time and queues one more: the third concurrent request meets Serve's
     queue limit (BackPressureError), which the ingress answers as our 429 with Retry-After."""
