@@ -90,7 +90,7 @@ def serve_measurements(args) -> dict:
     import ray
     from ray import serve
 
-    from server.ray_serve import build_app
+    from server.ray_serve import application
 
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -101,7 +101,7 @@ def serve_measurements(args) -> dict:
         for round in range(args.rounds):  # 1 and 2 replicas alternate: a slow spell of the machine hits both
             for replicas in (1, 2):
                 options = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": 1}}
-                serve.run(build_app(SETTINGS, engines=options), name="trm", route_prefix="/")
+                serve.run(application(SETTINGS, engines=options), name="trm", route_prefix="/")
                 throughput(url, body, args.clients, args.clients)  # warm the replicas and the connections
                 out.setdefault(f"throughput_{replicas}", []).append(throughput(url, body, args.requests, args.clients))
                 if replicas == 1 and round == 0:

@@ -285,12 +285,17 @@ async def _respond(send, status: int, body: bytes, content_type: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def build_app(args: dict, engines: dict | None = None):
-    """The Serve application (`import_path: server.ray_serve:build_app` in deploy/ray-serve.yaml): `args` are
-    engine-serve's settings (server/settings.py field names); `engines`: options of the Engines deployment (the YAML's
-    `deployments` section overrides them too). A replica may hold more requests than its engine admits, so that the
-    engine's own 429 (with its Retry-After) answers an overload, not a silent wait in Serve's queue."""
-    settings = Settings(**args)
-    options = {"max_ongoing_requests": settings.max_queued_requests + EXTRA_ONGOING, **(engines or {})}
-    forwarded = settings.model_dump(mode="json", exclude_unset=True)
+def build_app(args: dict):
+    """The Serve application of deploy/ray-serve.yaml (`import_path: server.ray_serve:build_app`; Serve calls it with
+    the YAML's `args`: engine-serve's settings, by their field names in server/settings.py)."""
+    return application(args)
+
+
+def application(settings: dict, engines: dict | None = None):
+    """The Ingress bound to the Engines deployment with these settings; `engines`: options of the Engines deployment
+    (a YAML's `deployments` section overrides them too). A replica may hold more requests than its engine admits, so
+    that the engine's own 429 (with its Retry-After) answers an overload, not a silent wait in Serve's queue."""
+    checked = Settings(**settings)
+    options = {"max_ongoing_requests": checked.max_queued_requests + EXTRA_ONGOING, **(engines or {})}
+    forwarded = checked.model_dump(mode="json", exclude_unset=True)
     return Ingress.bind(Engines.options(**options).bind(forwarded), forwarded)

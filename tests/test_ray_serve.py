@@ -35,11 +35,11 @@ DIFFERS = {"timing", "request_id", "timing_s"}  # per call, not per answer
 def deploy(engine_settings: dict, **engines) -> None:
     """The shipped config's application, with `engine_settings` over its args and `engines` over its Engines
     options (2 replicas at half a CPU each fit the test machine's 2 CPUs)."""
-    from server.ray_serve import build_app
+    from server.ray_serve import application
 
     shipped = next(d for d in CONFIG["deployments"] if d["name"] == "Engines")
     options = {k: v for k, v in shipped.items() if k != "name"} | {"ray_actor_options": {"num_cpus": 0.5}} | engines
-    serve.run(build_app({**CONFIG["args"], **engine_settings}, engines=options), name="trm", route_prefix="/")
+    serve.run(application({**CONFIG["args"], **engine_settings}, engines=options), name="trm", route_prefix="/")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,19 @@ def local():
         while c.get("/readyz").status_code != 200:
             time.sleep(0.05)
         yield c
+
+
+def test_the_shipped_config_builds_its_application():
+    """What `serve run deploy/ray-serve.yaml` does first: import `import_path` and call it with the YAML's `args`
+    through Serve's own builder call, which refuses a builder that does not take exactly one parameter."""
+    from importlib import import_module
+
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    module, name = CONFIG["import_path"].split(":")
+    app = call_user_app_builder_with_args_if_necessary(getattr(import_module(module), name), CONFIG["args"])
+    assert isinstance(app, Application)
 
 
 def same(a: httpx.Response, b: httpx.Response) -> None:
