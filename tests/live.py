@@ -2,8 +2,10 @@
 in a thread, and readers of the responses and of the Prometheus exposition."""
 
 import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -61,7 +63,9 @@ class LiveServer:
     def __init__(self, app, **config):
         self.app, self.port = app, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = {"log_config": None, "access_log": False, **config}
+        # h11 as engine-serve runs it (server.main): uvicorn's "auto" would take httptools where installed (the ray
+        # extra brings it), whose parser answers malformed framing itself, in plain text
+        config = {"log_config": None, "access_log": False, "http": "h11", **config}
         self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, **config))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -80,3 +84,48 @@ class LiveServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(30)
+
+
+class Prometheus:
+    """A real Prometheus (Debian's `prometheus`) with these `scrape_configs` (YAML lines), scraping every second;
+    `wait_for` polls a PromQL query until its first value passes (`want`: a value or a predicate)."""
+
+    def __init__(self, scrape_configs: str, workdir: Path):
+        self.port, self.workdir = free_port(), workdir
+        (workdir / "prometheus.yml").write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n" + scrape_configs
+        )
+
+    def __enter__(self):
+        self.process = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={self.workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait(10)
+
+    def query(self, q: str) -> float | None:
+        try:
+            result = httpx.get(f"http://127.0.0.1:{self.port}/api/v1/query", params={"query": q}).json()
+            result = result["data"]["result"]
+        except (httpx.TransportError, KeyError, ValueError):
+            return None
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_for(self, q: str, want, timeout: float = 60) -> float | None:
+        ok = want if callable(want) else lambda got: got == want
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if (got := self.query(q)) is not None and ok(got):
+                return got
+            time.sleep(0.25)
+        return self.query(q)

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -16,7 +15,7 @@ import httpx
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from live import PUZZLE, error_of, free_port, metric
+from live import PUZZLE, Prometheus, error_of, free_port, metric
 from ray_local import local_cluster, pids, require_ray
 
 from server.app import create_app
@@ -132,57 +131,19 @@ def test_an_engine_429_passes_through_with_retry_after(service):
     shutil.which("prometheus") is None and not os.environ.get("CI"), reason="the `prometheus` binary is not installed"
 )
 def test_prometheus_sums_the_replicas_requests_beside_rays_metrics(service, tmp_path):
-    prom_port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: trm\n    http_sd_configs: [{{url: '{service}/metrics/targets', refresh_interval: 1s}}]\n"
-    )
-    prom = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def query(q: str) -> float | None:
-        try:
-            result = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/query", params={"query": q}).json()
-            result = result["data"]["result"]
-        except (httpx.TransportError, KeyError, ValueError):
-            return None
-        return float(result[0]["value"][1]) if result else None
-
-    def wait_for(q: str, want, timeout: float = 60):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            got = query(q)
-            if got is not None and want(got):
-                return got
-            time.sleep(0.5)
-        return query(q)
-
-    try:
-        assert wait_for('sum(up{source="engines"})', lambda v: v == 2) == 2
-        assert wait_for('sum(up{source="ray"})', lambda v: v == 1) == 1
-        before = wait_for('sum(trm_requests_total{endpoint="solve"})', lambda v: True) or 0
+    scrape = f"  - job_name: trm\n    http_sd_configs: [{{url: '{service}/metrics/targets', refresh_interval: 1s}}]\n"
+    with Prometheus(scrape, tmp_path) as prom:
+        assert prom.wait_for('sum(up{source="engines"})', 2) == 2
+        assert prom.wait_for('sum(up{source="ray"})', 1) == 1
+        before = prom.wait_for('sum(trm_requests_total{endpoint="solve"})', lambda v: True) or 0
         sent = 12
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda _: httpx.post(service + "/solve", json={"puzzle": PUZZLE}), range(sent)))
-        statuses = [r.status_code for r in answers]
-        assert statuses == [200] * sent
-        total = wait_for('sum(trm_requests_total{endpoint="solve"})', lambda v: v == before + sent)
-        assert total == before + sent
-        by_replica = wait_for('count(trm_requests_total{endpoint="solve",outcome="ok"} > 0)', lambda v: v == 2)
-        assert by_replica == 2  # both replicas served some: the sum is over replicas
-        assert wait_for("sum(ray_serve_num_http_requests_total)", lambda v: v >= sent) >= sent
-    finally:
-        prom.terminate()
-        prom.wait(10)
+        assert [r.status_code for r in answers] == [200] * sent
+        assert prom.wait_for('sum(trm_requests_total{endpoint="solve"})', before + sent) == before + sent
+        # both replicas served some, so the sum is over replicas
+        assert prom.wait_for('count(trm_requests_total{endpoint="solve",outcome="ok"} > 0)', 2) == 2
+        assert prom.wait_for("sum(ray_serve_num_http_requests_total)", lambda v: v >= sent) >= sent
 
 
 def cancelled(service: str) -> float:

@@ -20,7 +20,7 @@ import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis.configuration import set_hypothesis_home_dir
-from live import PUZZLE, LiveServer, app_for, error_of, free_port, metric, solver, wait_ready
+from live import PUZZLE, LiveServer, Prometheus, app_for, error_of, metric, solver, wait_ready
 from schemathesis.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from engine.checkpoint import save_checkpoint
@@ -576,52 +576,17 @@ def test_clients_and_cli_against_a_live_server(ckpt_dir, capsys):
 def test_a_real_prometheus_scrapes_the_service(ckpt_dir, tmp_path):
     app = app_for(ckpt_dir)
     with LiveServer(app) as live:
-        prom_port = free_port()
-        (tmp_path / "prometheus.yml").write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            f"  - job_name: trm\n    static_configs: [{{targets: ['127.0.0.1:{live.port}']}}]\n"
-        )
-        prom = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        api = f"http://127.0.0.1:{prom_port}/api/v1/query"
-
-        def query(q: str) -> float | None:
-            try:
-                result = httpx.get(api, params={"query": q}).json()["data"]["result"]
-            except (httpx.TransportError, KeyError, ValueError):
-                return None
-            return float(result[0]["value"][1]) if result else None
-
-        def wait_for(q: str, want: float, timeout: float = 30) -> float | None:
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                if (got := query(q)) == want:
-                    return got
-                time.sleep(0.25)
-            return query(q)
-
-        try:
-            assert wait_for('up{job="trm"}', 1) == 1
+        scrape = f"  - job_name: trm\n    static_configs: [{{targets: ['127.0.0.1:{live.port}']}}]\n"
+        with Prometheus(scrape, tmp_path) as prom:
+            assert prom.wait_for('up{job="trm"}', 1, timeout=30) == 1
             for _ in range(3):
                 httpx.post(live.url + "/solve", json={"puzzle": PUZZLE, "search": {"rollouts": 2, "steps": 2}})
             httpx.post(live.url + "/solve", json={"puzzle": "nonsense"})
-            assert wait_for('sum(trm_requests_total{endpoint="solve",outcome="ok"})', 3) == 3
-            assert wait_for('sum(trm_requests_total{endpoint="solve",outcome="invalid"})', 1) == 1
-            assert wait_for('trm_supervision_steps_total{model="tiny"}', 12) == 12
-            assert wait_for('trm_request_e2e_seconds_count{model="tiny"}', 3) == 3
-            assert wait_for('trm_model_info{model="tiny",runner="eager",kernels="torch"}', 1) == 1
-        finally:
-            prom.terminate()
-            prom.wait(10)
+            assert prom.wait_for('sum(trm_requests_total{endpoint="solve",outcome="ok"})', 3, timeout=30) == 3
+            assert prom.wait_for('sum(trm_requests_total{endpoint="solve",outcome="invalid"})', 1, timeout=30) == 1
+            assert prom.wait_for('trm_supervision_steps_total{model="tiny"}', 12, timeout=30) == 12
+            assert prom.wait_for('trm_request_e2e_seconds_count{model="tiny"}', 3, timeout=30) == 3
+            assert prom.wait_for('trm_model_info{model="tiny",runner="eager",kernels="torch"}', 1, timeout=30) == 1
 
 
 def test_fuzzing_the_openapi_schema_finds_no_server_error(ckpt_dir, gen_dir, tmp_path):
