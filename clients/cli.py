@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(render("sudoku", item["puzzle_grid"] if args.kind == "puzzle" else item["grid"]))
                     print()
                 print(f"{len(res.items)} items; sampled {res.sampled}, valid {res.valid} ({res.validity:.0%})")
+                print(f"seed {res.raw['seed']} (--seed {res.raw['seed']} replays these)")
             else:
                 print(json.dumps(client.models(), indent=2))
         except APIError as e:

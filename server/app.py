@@ -9,6 +9,7 @@ request in the engine (SERVING.md §2.6: the handler races a task waiting for `h
 # No `from __future__ import annotations` here: FastAPI reads the route signatures, which name per-app models.
 import asyncio
 import logging
+import secrets
 import time
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -307,6 +308,8 @@ async def _generate(
     start = time.perf_counter()
     engine, method = _generator(models, body)
     params = grid_params(method, engine.defaults, body.temperature)
+    # Unlike /solve (an answer should not change between calls), a generator without a seed gives new items each call
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
 
     async def search(puzzle, p, sample):
@@ -320,7 +323,7 @@ async def _generate(
             body.count,
             body.kind,
             body.clues,
-            body.seed,
+            seed,
             body.max_samples or settings.max_generate_samples,
             settings.generate_batch,
             time.monotonic() + timeout,
@@ -342,7 +345,7 @@ async def _generate(
         method=method,
         kind=body.kind,
         model=engine.name,
-        seed=body.seed,
+        seed=seed,
         request_id=request.state.request_id,
         timing_s=time.perf_counter() - start,
     )

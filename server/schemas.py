@@ -45,7 +45,13 @@ def build_requests(s: Settings) -> RequestModels:
         steps: int | None = Field(None, ge=1, le=s.max_steps, description="D supervision steps per rollout")
         noise: float | None = Field(None, ge=0, le=10, description="sigma of the latent noise (TRM; PTRM)")
         selector: Selector | None = Field(None, description="how one answer is chosen among the rollouts")
-        seed: int | None = Field(None, ge=0, le=2**31 - 1, description="makes the rollouts' noise reproducible")
+        seed: int | None = Field(
+            None,
+            ge=0,
+            le=2**31 - 1,
+            description="the rollouts' noise and symmetries; omitted: the checkpoint's (0), so the same request "
+            "always gives the same answer",
+        )
         early_exit: EarlyExit | None = Field(None, description="stop once a row's answer verifies (or is confident)")
         strategy: Literal[STRATEGIES] | None = Field(  # type: ignore[valid-type]
             None, description="rollouts (K rows, one selected) or commit (commit certain cells, branch, backtrack)"
@@ -81,7 +87,13 @@ def build_requests(s: Settings) -> RequestModels:
         count: int = Field(1, ge=1, le=s.max_generate_count)
         kind: Literal["grid", "puzzle"] = Field("grid", description="complete grids, or puzzles with a unique solution")
         clues: int = Field(30, ge=17, le=80, description="kind=puzzle: givens left in each puzzle")
-        seed: int = Field(0, ge=0, le=2**31 - 1, description="same seed, same items")
+        seed: int | None = Field(
+            None,
+            ge=0,
+            le=2**31 - 1,
+            description="omitted: a fresh random seed, returned as `seed` (new items every call); "
+            "send it back to replay the same items",
+        )
         max_samples: int | None = Field(
             None,
             ge=1,
@@ -158,7 +170,7 @@ class GenerateResponse(BaseModel):
     method: str
     kind: str
     model: str
-    seed: int
+    seed: int = Field(description="the seed the items were drawn with (fresh when the request gave none): replays them")
     request_id: str
     timing_s: float
 

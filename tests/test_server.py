@@ -447,6 +447,19 @@ def test_generate_on_a_full_engine_is_429(client):
         h.future.result(timeout=30)
 
 
+def test_generate_without_a_seed_gives_new_items_and_its_seed_replays_them(client):
+    """Issue 26: a generator is fresh by default (two calls share no grid) and the returned seed replays a call;
+    /solve stays deterministic without a seed."""
+    first, second = (client.post("/generate", json={"count": 2}).json() for _ in range(2))
+    assert first["seed"] != second["seed"]
+    grids = lambda r: [json.dumps(item["grid"]) for item in r["items"]]  # noqa: E731
+    assert len(grids(first)) == 2 and not set(grids(first)) & set(grids(second))
+    assert grids(client.post("/generate", json={"count": 2, "seed": first["seed"]}).json()) == grids(first)
+    solve = {"puzzle": PUZZLE, "search": {"rollouts": 2, "steps": 2}}
+    answers = [client.post("/solve", json=solve).json()["solution"] for _ in range(2)]
+    assert answers[0] == answers[1]
+
+
 # -- settings, logs, CLI, Docker ---------------------------------------------------------------------------------------
 
 

@@ -255,7 +255,8 @@ function generate() {
   const none = new Array(81).fill(false);
   paint(new Array(81).fill(0), none);
   status("Generating…");
-  const body = { count: 1, kind, seed: Number($("gen-seed").value) };
+  const body = { count: 1, kind };
+  if ($("gen-seed").value !== "") body.seed = Number($("gen-seed").value); // empty: a fresh grid every time
   if (kind === "puzzle") body.clues = Number($("clues").value);
   stream(
     "generate",
@@ -278,6 +279,7 @@ function generate() {
         ["valid", r.valid],
         ["row-steps", r.row_steps],
         ["method", r.method],
+        ["seed", r.seed],
       ]);
       if (!item) return status(`No valid grid within the budget (sampled ${r.sampled}).`, true);
       if (kind === "puzzle") {
