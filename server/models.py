@@ -154,6 +154,7 @@ def card(m: Solver, root: Path) -> dict:
         "device": str(next(ckpt.model.parameters()).device),
         "dtype": ckpt.config.forward_dtype,
         "parameters": sum(p.numel() for p in ckpt.model.parameters()),
+        "status": ckpt.meta.get("status"),
     }
     d = m.defaults
     info.update(

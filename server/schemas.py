@@ -103,7 +103,8 @@ def build_requests(s: Settings) -> RequestModels:
         method: Literal["commit", "prior"] | None = Field(
             None,
             description="commit: decode cell by cell from the empty grid on a solver (default); "
-            "prior: one-shot samples of a GRAM generator",
+            "prior: one-shot samples of a GRAM generator (a research baseline: the shipped one makes no valid grid, "
+            "see its `status` in GET /v1/models)",
         )
         temperature: float = Field(1.0, ge=0, le=10, description="commit: sampling temperature of committed values")
         model: str | None = Field(None, max_length=256)
@@ -197,6 +198,7 @@ class ModelCard(BaseModel):
     kernels_fallback: str | None = None  # set when a fused kernel launch failed and the torch references took over
     parameters: int
     defaults: dict[str, Any] | None = None
+    status: str | None = Field(None, description="a caveat from the checkpoint's config (e.g. a research baseline)")
 
 
 class ModelList(BaseModel):

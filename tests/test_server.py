@@ -460,6 +460,18 @@ def test_generate_without_a_seed_gives_new_items_and_its_seed_replays_them(clien
     assert answers[0] == answers[1]
 
 
+def test_the_shipped_prior_generator_is_labelled_a_research_baseline():
+    """Issue 26: `method: prior` (the shipped GRAM generator, no valid grid) must not look like a usable default."""
+    from fastapi.testclient import TestClient
+
+    shipped = Path(__file__).resolve().parent.parent / "checkpoints"
+    with TestClient(app_for(shipped / "sudoku-trm", shipped / "sudoku-gram-gen")) as c:
+        wait_ready(c)
+        cards = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+    assert cards["sudoku-gram-gen"]["status"].startswith("research baseline")
+    assert cards["sudoku-trm"]["status"] is None
+
+
 # -- settings, logs, CLI, Docker ---------------------------------------------------------------------------------------
 
 
