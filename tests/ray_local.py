@@ -9,7 +9,8 @@ INSTALL = "pip install -e '.[ray]'"
 
 
 def require_ray():
-    """The ray module. Without the extra a Ray test fails in CI (.ci/run installs it) and skips elsewhere, saying so."""
+    """The ray module. Without the extra a Ray test fails in CI (.ci/run installs it) and skips elsewhere, saying so
+    (as live.missing does for a test's other real parts; at import time, so the whole module)."""
     try:
         import ray
     except ImportError:

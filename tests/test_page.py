@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from live import PUZZLE, LiveServer, app_for, wait_ready
+from live import PUZZLE, LiveServer, app_for, missing, wait_ready
 
 from server.app import create_app
 from server.settings import Settings
@@ -49,10 +49,13 @@ def test_the_page_works_offline_and_stays_small():
 
 
 def _browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra has it)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing("selenium is not installed (the test extra has it)")
     if not (os.access(CHROMIUM, os.X_OK) and os.access(DRIVER, os.X_OK)):
-        pytest.skip("no browser: Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
-    from selenium.webdriver.chrome.service import Service
+        missing("no browser: Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM  # Debian's build, with its matching driver: nothing is downloaded
@@ -60,8 +63,8 @@ def _browser():
         options.add_argument(arg)
     try:
         return webdriver.Chrome(options=options, service=Service(DRIVER))
-    except Exception as e:  # a browser that cannot start here (a missing library) is a skip, with the reason
-        pytest.skip(f"chromium did not start: {type(e).__name__}: {str(e).splitlines()[0]}")
+    except Exception as e:  # a browser that cannot start here (a missing library): skipped with the reason; CI fails
+        missing(f"chromium did not start: {type(e).__name__}: {str(e).splitlines()[0]}")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ does; a real Prometheus scraping every replica and Ray's own metrics; a replica 
 
 import json
 import os
-import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -127,9 +126,6 @@ def test_an_engine_429_passes_through_with_retry_after(service):
         assert [f.result().status_code for f in busy] == [200, 200]
 
 
-@pytest.mark.skipif(  # in CI a missing Prometheus fails the test (.ci/run installs it)
-    shutil.which("prometheus") is None and not os.environ.get("CI"), reason="the `prometheus` binary is not installed"
-)
 def test_prometheus_sums_the_replicas_requests_beside_rays_metrics(service, tmp_path):
     scrape = f"  - job_name: trm\n    http_sd_configs: [{{url: '{service}/metrics/targets', refresh_interval: 1s}}]\n"
     with Prometheus(scrape, tmp_path) as prom:

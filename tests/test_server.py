@@ -597,7 +597,6 @@ def test_clients_and_cli_against_a_live_server(ckpt_dir, capsys):
         assert "1 items; sampled 1, valid 1 (100%)" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="the `prometheus` binary is not installed (apt-get)")
 def test_a_real_prometheus_scrapes_the_service(ckpt_dir, tmp_path):
     app = app_for(ckpt_dir)
     with LiveServer(app) as live:
