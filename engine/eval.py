@@ -405,14 +405,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.sweep and picked_by_engine:
         raise SystemExit("engine-eval: --sweep needs rollouts with --early-exit off (every row must run all D steps)")
     read = lambda path: read_lines(path, args.offset, args.limit, task.comment_prefix)  # noqa: E731
-    lines, table_solutions = (
-        read_table(args.puzzles, args.offset, args.limit)
-        if is_table(args.puzzles)
-        else (
-            read(args.puzzles),
-            None,
-        )
-    )
+    if is_table(args.puzzles):
+        lines, table_solutions = read_table(args.puzzles, args.offset, args.limit)
+    else:
+        lines, table_solutions = read(args.puzzles), None
     puzzles = encode_all(task, lines, args.puzzles)
     solutions = None
     if args.solutions or table_solutions is not None:
@@ -421,15 +417,10 @@ def main(argv: list[str] | None = None) -> None:
         if len(solutions) != len(puzzles):
             raise SystemExit(f"engine-eval: {len(puzzles)} puzzles but {len(solutions)} solutions")
 
-    if args.ray:  # the cluster's start is not the evaluation's time
-        from engine.ray_eval import connect
-
-        connect(args.ray_address)
-    start = time.perf_counter()
     # The engine selects by q here; `score` then applies every selector to the same rows (likelihood only once).
     engine_params = params if picked_by_engine else params.replace(selector="q")
-    results, runner = run(args, ckpt, task, puzzles, engine_params, tuple(ladder(params.steps)) if args.sweep else ())
-    wall = time.perf_counter() - start
+    depths = tuple(ladder(params.steps)) if args.sweep else ()
+    results, runner, wall = run(args, ckpt, task, puzzles, engine_params, depths)
     likelihoods = None
     if ckpt.arch == "gram" and (args.likelihood or params.selector == "likelihood"):
         likelihoods = [lambda c, p=p: runner.likelihood(p, 0, c, params.seed, params.steps) for p in puzzles]
@@ -523,13 +514,7 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
     params = params.replace(**{k: v for k, v in flags.items() if v is not None})
     seed = args.seed or 0
     empty = np.full((args.generate, task.seq_len), task.blank, np.int64)
-    if args.ray:
-        from engine.ray_eval import connect
-
-        connect(args.ray_address)
-    start = time.perf_counter()
-    results, runner = run(args, ckpt, task, empty, params, seed_grids=seed)
-    wall = time.perf_counter() - start
+    results, runner, wall = run(args, ckpt, task, empty, params, seed_grids=seed)
     samples = chosen_answers(results)
     result = {"method": method, **generation_report(task, samples)}
     valid = samples[task.verify_batch(empty, samples)]
@@ -567,20 +552,24 @@ def run(
     params: SearchParams,
     record_steps: tuple[int, ...] = (),
     seed_grids: int | None = None,
-) -> tuple[list[SearchResult], Runner | None]:
+) -> tuple[list[SearchResult], Runner | None, float]:
     """Every puzzle through an engine: this process's (and its runner), or with --ray an actor pool of them (no
-    runner here). `seed_grids`: request i gets seed row_seed(seed_grids, i) (generation: each grid its own draw)."""
+    runner here); and the seconds it took (a Ray cluster's start left out). `seed_grids`: request i gets seed
+    row_seed(seed_grids, i) (generation: each grid its own draw)."""
     if args.ray:
-        from engine.ray_eval import search_ray
+        from engine.ray_eval import connect, search_ray
 
+        connect(args.ray_address)
         options = dict(concurrency=args.concurrency, gpus_per_actor=args.gpus_per_actor, address=args.ray_address)
         options.update(puzzles_per_batch=args.puzzles_per_batch, batch_size=args.batch_size, device=args.device)
         options.update(dtype=args.dtype, threads=args.threads or 1, record_steps=record_steps, seed_grids=seed_grids)
-        return search_ray(args.checkpoint, puzzles, params, **options), None
+        start = time.perf_counter()
+        return search_ray(args.checkpoint, puzzles, params, **options), None, time.perf_counter() - start
+    start = time.perf_counter()
     runner = Runner(ckpt.model, max_batch=args.batch_size)
     seeds = None if seed_grids is None else [kernels.row_seed(seed_grids, i) for i in range(len(puzzles))]
-    engine = new_engine(runner, task, len(puzzles), params)
-    return search_all(engine, puzzles, params, record_steps, seeds=seeds), runner
+    results = search_all(new_engine(runner, task, len(puzzles), params), puzzles, params, record_steps, seeds=seeds)
+    return results, runner, time.perf_counter() - start
 
 
 def chosen_answers(results: list[SearchResult]) -> np.ndarray:

@@ -3,7 +3,7 @@
 Each actor loads the checkpoint once and runs its batches of puzzles through its own engine, exactly as the local run
 does (`search_all`), so a puzzle's answer depends only on the puzzle and its seed: every request uses the search's
 seed, and `--generate` seeds grid i with `row_seed(seed, i)`, whatever actor or batch it lands in. The driver gets
-the SearchResults back, sorts them by puzzle id and computes the same summary as a local run.
+the SearchResults back, puts them in puzzle order and computes the same summary as a local run.
 
 Ray Data retries the batch of an actor that dies (a restarted actor takes it), so a killed actor costs time, not
 puzzles; the driver still checks that every id came back exactly once.
@@ -14,10 +14,15 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
+import kernels
+from engine.checkpoint import load_checkpoint
+from engine.eval import new_engine, search_all
 from engine.ray_extra import require_ray
-from engine.runtime import SearchResult
+from engine.runtime import Runner, SearchResult
 from engine.search import SearchParams
+from engine.tasks import get_task
 
 
 class Searcher:
@@ -34,12 +39,6 @@ class Searcher:
         record_steps: tuple[int, ...] = (),
         seed_grids: int | None = None,
     ):
-        import torch
-
-        from engine.checkpoint import load_checkpoint
-        from engine.runtime import Runner
-        from engine.tasks import get_task
-
         torch.set_num_threads(threads)
         self.ckpt = load_checkpoint(checkpoint, device, dtype)
         self.task = get_task(self.ckpt.task)
@@ -47,9 +46,6 @@ class Searcher:
         self.params, self.record_steps, self.seed_grids = params, record_steps, seed_grids
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import kernels
-        from engine.eval import new_engine, search_all
-
         ids, puzzles = batch["id"], np.stack(batch["puzzle"])
         engine = new_engine(self.runner, self.task, len(puzzles), self.params)
         seeds = None if self.seed_grids is None else [kernels.row_seed(self.seed_grids, int(i)) for i in ids]
