@@ -322,7 +322,7 @@ async def _generate(
             params,
             body.count,
             body.kind,
-            body.clues,
+            None if body.minimal else body.clues,
             seed,
             body.max_samples or settings.max_generate_samples,
             settings.generate_batch,

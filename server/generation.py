@@ -24,7 +24,7 @@ import kernels
 from engine.runtime import DeadlineExceeded, Overloaded, SearchResult
 from engine.search import SearchParams
 from engine.tasks import Task
-from engine.train.data import carve
+from engine.tasks.carve import carve, is_minimal, minimal_puzzle
 
 PUZZLE_TRIES = 8  # removal orders tried per grid before moving on to the next grid
 
@@ -46,7 +46,7 @@ async def generate(
     params: SearchParams,
     count: int,
     kind: str,
-    clues: int,
+    clues: int | None,
     seed: int,
     max_samples: int,
     batch: int,
@@ -55,7 +55,7 @@ async def generate(
     out = Outcome()
     seen: set[bytes] = set()
     valid_grids: list[np.ndarray] = []
-    rng = np.random.default_rng([seed, clues])
+    rng = np.random.default_rng([seed, clues or 0])
     empty = np.full(task.seq_len, task.blank, np.int64)
     while len(out.items) < count and out.sampled < max_samples and (left := deadline - time.monotonic()) > 0:
         need = count - len(out.items)
@@ -99,7 +99,7 @@ async def generate(
     return out
 
 
-def _item(task: Task, grid: np.ndarray, kind: str, clues: int, rng: np.random.Generator) -> dict | None:
+def _item(task: Task, grid: np.ndarray, kind: str, clues: int | None, rng: np.random.Generator) -> dict | None:
     item = {"grid": task.decode(grid), "text": task.to_text(grid), "valid": True}
     if kind == "grid":
         return item
@@ -111,13 +111,18 @@ def _item(task: Task, grid: np.ndarray, kind: str, clues: int, rng: np.random.Ge
         puzzle_grid=task.decode(puzzle),
         clues=int((puzzle != task.blank).sum()),
         unique=True,
+        minimal=is_minimal(puzzle),
     )
     return item
 
 
-def make_puzzle(grid: np.ndarray, clues: int, rng: np.random.Generator, tries: int = PUZZLE_TRIES) -> np.ndarray | None:
+def make_puzzle(
+    grid: np.ndarray, clues: int | None, rng: np.random.Generator, tries: int = PUZZLE_TRIES
+) -> np.ndarray | None:
     """A puzzle with exactly `clues` givens and a unique solution (proven by the exact solver, `carve`), trying up to
-    `tries` removal orders; None when none gets there."""
+    `tries` removal orders, None when none gets there; `clues` None: a minimal puzzle (one pass always makes one)."""
+    if clues is None:
+        return minimal_puzzle(grid, rng)
     for _ in range(tries):
         puzzle, given = carve(grid, clues, rng)
         if given == clues:

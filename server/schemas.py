@@ -86,7 +86,12 @@ def build_requests(s: Settings) -> RequestModels:
         task: Literal["sudoku"] = "sudoku"
         count: int = Field(1, ge=1, le=s.max_generate_count)
         kind: Literal["grid", "puzzle"] = Field("grid", description="complete grids, or puzzles with a unique solution")
-        clues: int = Field(30, ge=17, le=80, description="kind=puzzle: givens left in each puzzle")
+        clues: int = Field(30, ge=17, le=80, description="kind=puzzle: givens left in each puzzle (unless minimal)")
+        minimal: bool = Field(
+            False,
+            description="kind=puzzle: minimal puzzles (no given can be removed without losing uniqueness, proven by "
+            "the exact solver); their clue count is what the removal order leaves (typically 22-27), not `clues`",
+        )
         seed: int | None = Field(
             None,
             ge=0,
@@ -155,6 +160,9 @@ class GeneratedItem(BaseModel):
     puzzle_grid: list[list[int]] | None = None
     clues: int | None = None
     unique: bool | None = Field(None, description="kind=puzzle: the exact solver found exactly one solution")
+    minimal: bool | None = Field(
+        None, description="kind=puzzle: no given can be removed without losing uniqueness (each checked by the solver)"
+    )
 
 
 class GenerateResponse(BaseModel):

@@ -28,6 +28,7 @@ from engine.models import GRAM, preset
 from engine.runtime import EngineStopped, Overloaded, Request
 from engine.search import SearchParams
 from engine.tasks import get_task
+from engine.tasks.sudoku import BLANK
 from engine.tasks.sudoku_solver import count_solutions
 from server.app import create_app
 from server.logs import JsonFormatter, request_id
@@ -458,6 +459,20 @@ def test_generate_without_a_seed_gives_new_items_and_its_seed_replays_them(clien
     solve = {"puzzle": PUZZLE, "search": {"rollouts": 2, "steps": 2}}
     answers = [client.post("/solve", json=solve).json()["solution"] for _ in range(2)]
     assert answers[0] == answers[1]
+
+
+def test_generate_minimal_puzzles(client):
+    """Issue 26: `minimal: true` puzzles have one solution and need every given (checked here with the solver)."""
+    r = client.post("/generate", json={"count": 2, "kind": "puzzle", "minimal": True, "seed": 4})
+    assert r.status_code == 200 and len(r.json()["items"]) == 2
+    for item in r.json()["items"]:
+        assert item["minimal"] and item["unique"] and item["clues"] < 30
+        puzzle = SUDOKU.encode(item["puzzle"])
+        assert count_solutions(puzzle, 2) == 1
+        for cell in np.flatnonzero(puzzle != BLANK):
+            weaker = puzzle.copy()
+            weaker[cell] = BLANK
+            assert count_solutions(weaker, 2) == 2, f"given at {cell} is not needed"
 
 
 def test_the_shipped_prior_generator_is_labelled_a_research_baseline():

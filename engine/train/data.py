@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.tasks.base import PuzzleError
+from engine.tasks.carve import carve
 from engine.tasks.sudoku import BLANK, SYMMETRY_KEYS, Sudoku, symmetries
-from engine.tasks.sudoku_solver import count_solutions, random_solution, search
+from engine.tasks.sudoku_solver import random_solution, search
 
 TASK = Sudoku()
 _BAD = 255
@@ -119,21 +120,6 @@ def random_grids(n: int, rng: np.random.Generator) -> np.ndarray:
     empty = np.full(81, BLANK, np.uint8)
     grids = np.array([random_solution(empty, rng) for _ in range(n)], np.uint8).reshape(n, 81)
     return augment(grids, grids, rng)[1]
-
-
-def carve(solution: np.ndarray, clues: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Blank the cells of a complete grid in random order, skipping any whose removal makes the solution ambiguous
-    (proven by the exact solver), until `clues` givens remain or the pass ends. Returns (puzzle, givens left)."""
-    puzzle, given = solution.copy(), 81
-    for cell in rng.permutation(81):
-        if given == clues:
-            break
-        puzzle[cell] = BLANK
-        if count_solutions(puzzle, 2) == 1:
-            given -= 1
-        else:
-            puzzle[cell] = solution[cell]  # this clue is needed for uniqueness
-    return puzzle, given
 
 
 def generate_puzzles(
