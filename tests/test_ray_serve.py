@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from live import PUZZLE, Prometheus, error_of, free_port, metric
+from live import PUZZLE, Prometheus, error_of, free_port, metric, wait_ready
 from ray_local import local_cluster, pids, require_ray
 
 from server.app import create_app
@@ -54,8 +54,7 @@ def service():
 def local():
     """engine-serve's app with the same settings, in process: what every answer must equal."""
     with TestClient(create_app(Settings(**CONFIG["args"], **SMALL))) as c:
-        while c.get("/readyz").status_code != 200:
-            time.sleep(0.05)
+        wait_ready(c)
         yield c
 
 
