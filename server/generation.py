@@ -7,8 +7,9 @@ Two methods, both requests on an engine (batched with other traffic, with its de
 - `prior`: one prior sample of an unconditional GRAM generator from the blank board (PTRM_GRAM.md §4.10): a rollout
   of K = 1 row.
 
-Grid i of a request draws with seed row_seed(seed, i), so the same request gives the same items; grids are drawn in
-rounds until `count` valid distinct ones are found, the sample budget is spent or the deadline passes.
+Grid i of a request draws with seed row_seed(seed, i), so the same seed gives the same items (a request without one
+gets a fresh seed: server/app.py); grids are drawn in rounds until `count` valid distinct ones are found, the sample
+budget is spent or the deadline passes. Puzzles are carved from the grids by the task layer (engine/tasks/carve.py).
 """
 
 from __future__ import annotations
