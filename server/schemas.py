@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.search.params import BACKTRACK, DIVERSITY, EARLY_EXIT, ORDERS, SELECTORS, STRATEGIES
+from engine.tasks.carve import CLUE_FLOOR
 from server.settings import Settings
 
 Selector = Literal[SELECTORS]  # type: ignore[valid-type]
@@ -86,7 +87,14 @@ def build_requests(s: Settings) -> RequestModels:
         task: Literal["sudoku"] = "sudoku"
         count: int = Field(1, ge=1, le=s.max_generate_count)
         kind: Literal["grid", "puzzle"] = Field("grid", description="complete grids, or puzzles with a unique solution")
-        clues: int = Field(30, ge=17, le=80, description="kind=puzzle: givens left in each puzzle (unless minimal)")
+        clues: int = Field(
+            30,
+            ge=CLUE_FLOOR,
+            le=80,
+            description=f"kind=puzzle: givens left in each puzzle (unless minimal); at least {CLUE_FLOOR}, the fewest "
+            "carving random grids reaches (1 minimal puzzle in 370 has 21; 17-20-clue puzzles exist, but this "
+            "generator does not find them)",
+        )
         minimal: bool = Field(
             False,
             description="kind=puzzle: minimal puzzles (no given can be removed without losing uniqueness, proven by "

@@ -475,6 +475,16 @@ def test_generate_minimal_puzzles(client):
             assert count_solutions(weaker, 2) == 2, f"given at {cell} is not needed"
 
 
+def test_generate_reaches_21_clues_and_names_its_floor_below(client):
+    """Issue 26: low clue counts are found (many removal orders per grid: carving is cheap next to decoding), and a
+    count under the floor is a 422 that names it."""
+    r = client.post("/generate", json={"count": 1, "kind": "puzzle", "clues": 21, "seed": 2})
+    item = r.json()["items"][0]
+    assert item["clues"] == 21 and count_solutions(SUDOKU.encode(item["puzzle"]), 2) == 1
+    r = client.post("/generate", json={"count": 1, "kind": "puzzle", "clues": 20})
+    assert r.status_code == 422 and "greater than or equal to 21" in error_of(r)["message"]
+
+
 def test_the_shipped_prior_generator_is_labelled_a_research_baseline():
     """Issue 26: `method: prior` (the shipped GRAM generator, no valid grid) must not look like a usable default."""
     from fastapi.testclient import TestClient
