@@ -89,6 +89,26 @@ def test_readyz_fails_while_an_engine_is_stalled(ckpt_dir, monkeypatch):
         assert c.get("/readyz").status_code == 200
 
 
+def test_a_failed_step_fails_its_requests_and_the_engine_goes_on(client, monkeypatch):
+    """Issue 28: a step that raises fails the requests in it with a 500 `engine_error` naming the fault; the loop
+    lives on, their carry slots come back, and the next request is answered."""
+    eng = solver(client).engine
+    free, run = len(eng.scheduler.free_slots), eng.runner.launch
+
+    def broken(batch):
+        raise RuntimeError("injected step failure")
+
+    body = {"puzzle": PUZZLE, "search": {"rollouts": 2, "steps": 2}}
+    monkeypatch.setattr(eng.runner, "launch", broken)
+    r = client.post("/solve", json=body)
+    assert r.status_code == 500 and error_of(r)["type"] == "engine_error"
+    assert "RuntimeError: injected step failure" in error_of(r)["message"]
+    assert len(eng.scheduler.free_slots) == free and not eng.busy
+    monkeypatch.setattr(eng.runner, "launch", run)
+    assert client.post("/solve", json=body).status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
 def test_a_failed_load_keeps_readyz_at_503_with_the_reason(tmp_path):
     with TestClient(app_for(tmp_path / "missing")) as c:
         for _ in range(200):
