@@ -109,6 +109,23 @@ def test_a_failed_step_fails_its_requests_and_the_engine_goes_on(client, monkeyp
     assert client.get("/readyz").status_code == 200
 
 
+def test_a_wrong_method_and_an_unexpected_fault_answer_in_the_one_shape(ckpt_dir, monkeypatch):
+    """Issue 28: 405 `method_not_allowed`, and a bug in a handler a 500 `internal` that names only the exception's
+    type (the traceback goes to the log), after which the service answers as before."""
+    import server.app
+
+    with TestClient(app_for(ckpt_dir), raise_server_exceptions=False) as c:
+        wait_ready(c)
+        r = c.get("/solve")
+        assert r.status_code == 405 and error_of(r)["type"] == "method_not_allowed"
+        monkeypatch.setattr(server.app, "no_solution", lambda task, tokens: 1 / 0)
+        r = c.post("/solve", json={"puzzle": PUZZLE})
+        assert r.status_code == 500
+        assert error_of(r) == {"type": "internal", "message": "internal error: ZeroDivisionError"}
+        monkeypatch.undo()
+        assert c.post("/solve", json={"puzzle": PUZZLE, "search": {"rollouts": 1, "steps": 1}}).status_code == 200
+
+
 def test_a_failed_load_keeps_readyz_at_503_with_the_reason(tmp_path):
     with TestClient(app_for(tmp_path / "missing")) as c:
         for _ in range(200):
