@@ -124,6 +124,12 @@ def predict(
     return np.concatenate(answers), np.concatenate(q_halt)
 
 
+def grid_seeds(seed: int, ids) -> list[int]:
+    """The seed of each request when every one draws its own (generation): request i gets row_seed(seed, i), whatever
+    batch or Ray actor runs it."""
+    return [kernels.row_seed(seed, int(i)) for i in ids]
+
+
 def new_engine(runner: Runner, task: Task, n: int, params: SearchParams) -> Engine:
     """An engine that admits `n` requests of `params` at once (an evaluation submits them all)."""
     return Engine(runner, task, Limits(runner.max_batch, n, n * params.rollouts))
@@ -567,7 +573,7 @@ def run(
         return search_ray(args.checkpoint, puzzles, params, **options), None, time.perf_counter() - start
     start = time.perf_counter()
     runner = Runner(ckpt.model, max_batch=args.batch_size)
-    seeds = None if seed_grids is None else [kernels.row_seed(seed_grids, i) for i in range(len(puzzles))]
+    seeds = None if seed_grids is None else grid_seeds(seed_grids, range(len(puzzles)))
     results = search_all(new_engine(runner, task, len(puzzles), params), puzzles, params, record_steps, seeds=seeds)
     return results, runner, time.perf_counter() - start
 

@@ -16,9 +16,8 @@ import os
 import numpy as np
 import torch
 
-import kernels
 from engine.checkpoint import load_checkpoint
-from engine.eval import new_engine, search_all
+from engine.eval import grid_seeds, new_engine, search_all
 from engine.ray_extra import require_ray
 from engine.runtime import Runner, SearchResult
 from engine.search import SearchParams
@@ -48,7 +47,7 @@ class Searcher:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, puzzles = batch["id"], np.stack(batch["puzzle"])
         engine = new_engine(self.runner, self.task, len(puzzles), self.params)
-        seeds = None if self.seed_grids is None else [kernels.row_seed(self.seed_grids, int(i)) for i in ids]
+        seeds = None if self.seed_grids is None else grid_seeds(self.seed_grids, ids)
         results = search_all(engine, puzzles, self.params, self.record_steps, progress=False, seeds=seeds)
         out = np.empty(len(results), dtype=object)
         out[:] = results

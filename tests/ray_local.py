@@ -3,20 +3,18 @@
 import os
 from contextlib import contextmanager
 
-import pytest
+from live import missing
 
-INSTALL = "pip install -e '.[ray]'"
+from engine.ray_extra import INSTALL
 
 
 def require_ray():
-    """The ray module. Without the extra a Ray test fails in CI (.ci/run installs it) and skips elsewhere, saying so
-    (as live.missing does for a test's other real parts; at import time, so the whole module)."""
+    """The ray module; without the extra, `live.missing` (a failure under CI=true, where .ci/run installs it, a skip
+    saying so elsewhere), at import time, so for the whole module."""
     try:
         import ray
     except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"needs the optional extra ray: {INSTALL}", allow_module_level=True)
+        missing(f"needs the optional extra ray: {INSTALL}")
     return ray
 
 
