@@ -27,6 +27,9 @@ from engine.models.config import compute_dtype
 from engine.tasks import TASKS, get_task
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "CARD.md"
+# ARC: the names of the puzzle-embedding rows (one per augmented variant) and the tasks' test inputs, as the
+# official dataset build that trained the checkpoint wrote them (engine-convert records them)
+IDENTIFIERS, TEST_PUZZLES = "identifiers.json", "test_puzzles.json"
 FORMAT_VERSION = 1
 ARCHS: dict[str, tuple[type, type]] = {"trm": (TRM, TRMConfig), "gram": (GRAM, GRAMConfig)}  # config.json "arch"
 
@@ -41,6 +44,8 @@ class Checkpoint:
     task: str
     meta: dict  # the rest of config.json: training summary, conversion source, ...
     path: Path | None = None
+    identifiers: list[str] | None = None  # ARC: puzzle id -> "name|||t<d>|||<colours>" (identifiers.json)
+    test_puzzles: dict | None = None  # ARC: task name -> {"test": [{"input": grid}, ...]} (test_puzzles.json)
 
     @property
     def config(self) -> TRMConfig | GRAMConfig:
@@ -78,10 +83,17 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def save_checkpoint(
-    path: str | os.PathLike, model: TRM | GRAM, task: str, meta: dict | None = None, card: str | None = None
+    path: str | os.PathLike,
+    model: TRM | GRAM,
+    task: str,
+    meta: dict | None = None,
+    card: str | None = None,
+    files: dict[str, str] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically."""
+    """Write a checkpoint directory atomically; `files`: more text files to hold (name -> content)."""
     with atomic_directory(path) as tmp:
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
         config = {
@@ -139,7 +151,30 @@ def load_checkpoint(
     model = model_cls(model_config)
     load_weights(model, load_file(path / WEIGHTS), source=str(path / WEIGHTS))
     meta = {k: v for k, v in config.items() if k not in ("arch", "task", "model")}
-    return Checkpoint(model.to(device).eval(), config["task"], meta, path)
+    identifiers, puzzles = _read_json(path / IDENTIFIERS), _read_json(path / TEST_PUZZLES)
+    if identifiers is not None:
+        check_identifiers(identifiers, model_config.num_puzzle_identifiers, str(path / IDENTIFIERS))
+    return Checkpoint(model.to(device).eval(), config["task"], meta, path, identifiers, puzzles)
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
+def check_identifiers(identifiers, table: int, source: str) -> None:
+    """identifiers.json names every row of the puzzle-embedding table, no more and no fewer."""
+    if not isinstance(identifiers, list) or not all(isinstance(i, str) for i in identifiers):
+        raise CheckpointError(f"{source} is not a JSON list of identifier strings")
+    if len(identifiers) != table:
+        raise CheckpointError(
+            f"{source} names {len(identifiers)} puzzle identifiers but the checkpoint's puzzle-embedding table has "
+            f"{table} rows: it belongs to another dataset build"
+        )
 
 
 def load_weights(model: TRM | GRAM, tensors: dict[str, torch.Tensor], source: str) -> None:
@@ -272,6 +307,33 @@ def fetch_from_hub(src: str) -> Path:
     return path
 
 
+def _data_identifiers(src: Path) -> Path | None:
+    """identifiers.json in a data path of the all_config.yaml beside `src` (relative to here, or to the file)."""
+    yaml_path = src.parent / "all_config.yaml"
+    full = yaml.safe_load(yaml_path.read_text()) if yaml_path.is_file() else {}
+    paths = full.get("data_paths") or ([full["data_path"]] if full.get("data_path") else [])
+    for data in paths:
+        for base in (Path(data), src.parent / data):
+            if (base / IDENTIFIERS).is_file():
+                return base / IDENTIFIERS
+    return None
+
+
+def _dataset_files(identifiers: Path | None, model: TRM) -> dict[str, str]:
+    """The ARC files a converted checkpoint keeps: identifiers.json (checked against the embedding table) and the
+    test_puzzles.json beside it."""
+    if identifiers is None:
+        return {}
+    if not identifiers.is_file():
+        raise CheckpointError(f"{identifiers} does not exist")
+    names = _read_json(identifiers)
+    check_identifiers(names, model.config.num_puzzle_identifiers, str(identifiers))
+    files = {IDENTIFIERS: json.dumps(names)}
+    if (identifiers.parent / TEST_PUZZLES).is_file():
+        files[TEST_PUZZLES] = (identifiers.parent / TEST_PUZZLES).read_text()
+    return files
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="engine-convert", description="Convert an official TRM step_N checkpoint into a checkpoint directory."
@@ -293,14 +355,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pos-encodings", choices=["rope", "learned", "none"])
     p.add_argument("--puzzle-emb-len", type=int)
     p.add_argument("--halt-max-steps", type=int)
+    p.add_argument(
+        "--identifiers",
+        help="ARC: the identifiers.json of the dataset build the checkpoint was trained on (default: the one in a "
+        "data path of all_config.yaml); test_puzzles.json beside it is kept too",
+    )
     args = p.parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k not in ("src", "dst", "task") and v is not None}
+    flags = {k: v for k, v in vars(args).items() if k not in ("src", "dst", "task", "identifiers") and v is not None}
     try:
         src = fetch_from_hub(args.src) if args.src.startswith("hf://") else args.src
         model, task, source = load_official(src, args.task, flags)
+        files = _dataset_files(Path(args.identifiers) if args.identifiers else _data_identifiers(Path(src)), model)
     except CheckpointError as e:
         raise SystemExit(f"engine-convert: {e}") from None
-    out = save_checkpoint(args.dst, model, task, meta={"source": source})
+    if task == "arc" and IDENTIFIERS not in files:
+        print(
+            f"engine-convert: warning: no {IDENTIFIERS} found (give --identifiers): the puzzle ids of this ARC "
+            "checkpoint stay unnamed, so /solve cannot find a task's variants"
+        )
+    out = save_checkpoint(args.dst, model, task, meta={"source": source}, files=files)
     n = sum(p.numel() for name, p in model.named_parameters() if name != "puzzle_emb")
     print(
         f"wrote {out} ({task}, {n:,} parameters, T={model.config.H_cycles}, n={model.config.L_cycles}, "

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 import kernels
+from engine import arc_eval
 from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.generate import generation_method, generation_report, grid_params
 from engine.machine import describe
@@ -142,11 +143,17 @@ def search_all(
     record_steps: tuple[int, ...] = (),
     progress=True,
     seeds: list[int] | None = None,
+    puzzle_ids=None,
 ) -> list[SearchResult]:
     """Every puzzle as one request through the engine (continuous batching over all of them); `seeds`: one seed per
-    request instead of params.seed (generation: each grid its own draw)."""
+    request instead of params.seed (generation: each grid its own draw); `puzzle_ids`: each puzzle's row of the
+    checkpoint's puzzle-embedding table (ARC's augmented variants; else 0)."""
     per = [params] * len(puzzles) if seeds is None else [params.replace(seed=s) for s in seeds]
-    requests = [engine.submit(Request(engine.task, x, p, record_steps=record_steps)) for x, p in zip(puzzles, per)]
+    ids = np.zeros(len(puzzles), np.int64) if puzzle_ids is None else puzzle_ids
+    requests = [
+        engine.submit(Request(engine.task, x, p, int(i), record_steps=record_steps))
+        for x, p, i in zip(puzzles, per, ids)
+    ]
     with tqdm(total=len(requests), desc="search", unit="puzzle", leave=False, disable=not progress) as bar:
         while engine.busy:
             engine.step()
@@ -308,6 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--puzzles", help="puzzle file, one per line")
     p.add_argument(
+        "--dataset",
+        help="ARC: an official dataset directory (engine-data arc, or the official builder); its test split's "
+        "augmented variants are run and voted as the official evaluator does",
+    )
+    p.add_argument("--task", help="check that the checkpoint solves this task (e.g. arc)")
+    p.add_argument("--submission", help="--dataset: write the Kaggle submission.json here")
+    p.add_argument(
         "--generate",
         type=int,
         metavar="N",
@@ -370,10 +384,12 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointError as e:
         raise SystemExit(f"engine-eval: {e}") from None
     task = get_task(ckpt.task)
+    if args.task is not None and args.task != task.name:
+        raise SystemExit(f"engine-eval: {args.checkpoint} solves {task.name}, not {args.task}")
     if args.generate:
         return _generate(ckpt, task, args)
-    if not args.puzzles:
-        raise SystemExit("engine-eval: give --puzzles FILE (or --generate N for a GRAM generator)")
+    if not args.puzzles and not args.dataset:
+        raise SystemExit("engine-eval: give --puzzles FILE, --dataset DIR (ARC) or --generate N")
     if args.out and not args.out.endswith((".jsonl", ".parquet")):
         raise SystemExit("engine-eval: --out takes a .jsonl or .parquet file")
     # Without search flags: deterministic TRM (K = 1, no noise), the number a CARD quotes; with K > 1 the noise
@@ -407,6 +423,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.waves:
             raise SystemExit("engine-eval: --waves needs an early exit (--early-exit verified or confident)")
         params = params.replace(waves=params.wave_limit)  # the checkpoint's default waves do not apply
+    if args.dataset:
+        result = arc_eval.evaluate(args, ckpt, task, params)
+        return _report(args, {**result, **run_settings(args, ckpt, task, params)})
     picked_by_engine = params.early_exit != "off" or params.strategy == "commit"
     if args.sweep and picked_by_engine:
         raise SystemExit("engine-eval: --sweep needs rollouts with --early-exit off (every row must run all D steps)")
@@ -456,10 +475,30 @@ def main(argv: list[str] | None = None) -> None:
     if args.counts or args.coverage:
         counts = np.array(read(args.counts), dtype=np.int64) if args.counts else count_solutions(task, puzzles)
         result.update(coverage(task, puzzles, rows, counts))
+    result.update(puzzles=str(args.puzzles), offset=args.offset, **run_settings(args, ckpt, task, params))
     result.update(
+        runner=_mode(args, runner),
+        wall_seconds=round(wall, 3),
+        puzzles_per_second=round(len(puzzles) / wall, 2),
+        row_steps_per_second=round(row_steps / wall, 1),
+        machine=describe(args.device),
+    )
+    _print(result)
+    if args.out:
+        write_results(args.out, task, puzzles, results, correct(task, puzzles, chosen_answers(results), solutions))
+    if args.sweep:
+        result["sweep"] = sweep(task, puzzles, results, solutions, params.selector)
+        _print_sweep(result["sweep"])
+        if args.plot:
+            plot(result["sweep"], args.plot, f"{Path(args.checkpoint).name} on {Path(args.puzzles).name}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def run_settings(args: argparse.Namespace, ckpt, task: Task, params: SearchParams) -> dict:
+    """What every summary says about the run: checkpoint, task and search settings, device and dtype."""
+    return dict(
         checkpoint=str(args.checkpoint),
-        puzzles=str(args.puzzles),
-        offset=args.offset,
         task=task.name,
         rollouts=params.rollouts,
         steps=params.steps,
@@ -487,20 +526,12 @@ def main(argv: list[str] | None = None) -> None:
         ),
         device=args.device,
         dtype=ckpt.config.forward_dtype,
-        runner=_mode(args, runner),
-        wall_seconds=round(wall, 3),
-        puzzles_per_second=round(len(puzzles) / wall, 2),
-        row_steps_per_second=round(row_steps / wall, 1),
-        machine=describe(args.device),
     )
+
+
+def _report(args: argparse.Namespace, result: dict) -> None:
+    result["machine"] = describe(args.device)
     _print(result)
-    if args.out:
-        write_results(args.out, task, puzzles, results, correct(task, puzzles, chosen_answers(results), solutions))
-    if args.sweep:
-        result["sweep"] = sweep(task, puzzles, results, solutions, params.selector)
-        _print_sweep(result["sweep"])
-        if args.plot:
-            plot(result["sweep"], args.plot, f"{Path(args.checkpoint).name} on {Path(args.puzzles).name}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
@@ -558,10 +589,11 @@ def run(
     params: SearchParams,
     record_steps: tuple[int, ...] = (),
     seed_grids: int | None = None,
+    puzzle_ids: np.ndarray | None = None,
 ) -> tuple[list[SearchResult], Runner | None, float]:
     """Every puzzle through an engine: this process's (and its runner), or with --ray an actor pool of them (no
     runner here); and the seconds it took (a Ray cluster's start left out). `seed_grids`: request i gets seed
-    row_seed(seed_grids, i) (generation: each grid its own draw)."""
+    row_seed(seed_grids, i) (generation: each grid its own draw); `puzzle_ids`: see `search_all`."""
     if args.ray:
         from engine.ray_eval import connect, search_ray
 
@@ -569,12 +601,14 @@ def run(
         options = dict(concurrency=args.concurrency, gpus_per_actor=args.gpus_per_actor, address=args.ray_address)
         options.update(puzzles_per_batch=args.puzzles_per_batch, batch_size=args.batch_size, device=args.device)
         options.update(dtype=args.dtype, threads=args.threads or 1, record_steps=record_steps, seed_grids=seed_grids)
+        options.update(puzzle_ids=puzzle_ids)
         start = time.perf_counter()
         return search_ray(args.checkpoint, puzzles, params, **options), None, time.perf_counter() - start
     start = time.perf_counter()
     runner = Runner(ckpt.model, max_batch=args.batch_size)
     seeds = None if seed_grids is None else grid_seeds(seed_grids, range(len(puzzles)))
-    results = search_all(new_engine(runner, task, len(puzzles), params), puzzles, params, record_steps, seeds=seeds)
+    engine = new_engine(runner, task, len(puzzles), params)
+    results = search_all(engine, puzzles, params, record_steps, seeds=seeds, puzzle_ids=puzzle_ids)
     return results, runner, time.perf_counter() - start
 
 

@@ -48,7 +48,9 @@ class Searcher:
         ids, puzzles = batch["id"], np.stack(batch["puzzle"])
         engine = new_engine(self.runner, self.task, len(puzzles), self.params)
         seeds = None if self.seed_grids is None else grid_seeds(self.seed_grids, ids)
-        results = search_all(engine, puzzles, self.params, self.record_steps, progress=False, seeds=seeds)
+        results = search_all(
+            engine, puzzles, self.params, self.record_steps, False, seeds, puzzle_ids=batch["puzzle_id"]
+        )
         out = np.empty(len(results), dtype=object)
         out[:] = results
         return {"id": ids, "result": out}
@@ -70,6 +72,7 @@ def search_ray(
     *,
     record_steps: tuple[int, ...] = (),
     seed_grids: int | None = None,
+    puzzle_ids: np.ndarray | None = None,
     address: str | None = None,
     concurrency: int = 2,
     gpus_per_actor: float = 0.0,
@@ -79,9 +82,11 @@ def search_ray(
     dtype: str = "auto",
     threads: int = 1,
 ) -> list[SearchResult]:
-    """Every puzzle as one request on an actor pool of `concurrency` engines; results in puzzle order."""
+    """Every puzzle as one request on an actor pool of `concurrency` engines; results in puzzle order.
+    `puzzle_ids`: each puzzle's row of the puzzle-embedding table (ARC's variants; else 0)."""
     ray = connect(address)
-    items = [{"id": i, "puzzle": p} for i, p in enumerate(puzzles)]
+    ids = np.zeros(len(puzzles), np.int64) if puzzle_ids is None else puzzle_ids
+    items = [{"id": i, "puzzle": p, "puzzle_id": int(pid)} for i, (p, pid) in enumerate(zip(puzzles, ids))]
     data = ray.data.from_items(items, override_num_blocks=-(-len(items) // puzzles_per_batch))  # a block a batch
     searched = data.map_batches(
         Searcher,

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from engine.generate import generation_method, grid_params
 from engine.runtime import EngineStopped, Overloaded, TooLarge
 from engine.tasks.solvable import no_solution
-from server import generation, stream
+from server import arc, generation, stream
 from server.errors import ApiError, ClientDisconnected, install
 from server.metrics import CONTENT_TYPE, Metrics
 from server.middleware import RequestContext
@@ -243,9 +243,14 @@ async def _solve(
     task = solver.task
     if body.task is not None and body.task != task.name:
         raise ApiError(422, "invalid_request", f"model {solver.name!r} solves {task.name}, not {body.task!r}")
-    tokens = task.encode(body.puzzle)
-    if why := no_solution(task, tokens):  # proven before any model work (an exact search takes < 1 ms)
-        raise ApiError(422, "invalid_puzzle", f"puzzle: the puzzle has no solution: {why}")
+    if task.name != "arc":
+        if body.name is not None or body.test_index is not None:
+            raise ApiError(422, "invalid_request", f"`name` and `test_index` are for ARC; {task.name} takes `puzzle`")
+        if body.puzzle is None:
+            raise ApiError(422, "invalid_request", "puzzle: field required")
+        tokens = task.encode(body.puzzle)
+        if why := no_solution(task, tokens):  # proven before any model work (an exact search takes < 1 ms)
+            raise ApiError(422, "invalid_puzzle", f"puzzle: the puzzle has no solution: {why}")
     given = body.search.model_dump(exclude_none=True) if body.search else {}
     timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
     try:
@@ -253,6 +258,9 @@ async def _solve(
     except ValueError as e:
         raise ApiError(422, "invalid_request", f"search: {e}") from None
     try:
+        if task.name == "arc":
+            window = max(1, settings.max_queued_requests // 4)
+            return await arc.solve(solver, body, params, request.state.request_id, window, watch, start)
         result = await _search(solver, tokens, params, request, watch)
     except (Overloaded, TooLarge, EngineStopped) as e:  # refused at admission: count why
         metrics.rejections.labels(solver.name, _reason(e)).inc()

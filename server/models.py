@@ -17,6 +17,8 @@ from engine.generate import generation_method
 from engine.runtime import AsyncEngine, Engine, Limits, Runner
 from engine.search import SearchParams, default_params
 from engine.tasks import Task, get_task
+from engine.tasks.arc_augment import Augmentation
+from engine.tasks.arc_vote import variants
 from engine.tasks.solvable import no_solution
 from engine.tasks.sudoku import BLANK
 from server.settings import Settings
@@ -43,6 +45,8 @@ class Solver:
     defaults: SearchParams
     role: str = "solver"  # or "generator": an unconditional GRAM, whose prior samples /generate draws
     started_at: float = field(default_factory=time.monotonic)
+    # ARC: task name -> its variants' (puzzle id, augmentation), from the checkpoint's identifiers.json
+    arc_variants: dict[str, list[tuple[int, Augmentation]]] | None = None
 
     def stalled_for(self) -> float:
         """Seconds the engine has made no step while admitted requests wait (0 when it is idle or progressing):
@@ -114,6 +118,8 @@ def build_solver(name: str, ckpt: Checkpoint, s: Settings, role: str = "solver")
     defaults = default_params(ckpt.task, ckpt.arch, ckpt.config.halt_max_steps, ckpt.meta.get("search"))
     defaults = defaults.replace(rollouts=min(defaults.rollouts, s.max_rollouts), steps=min(defaults.steps, s.max_steps))
     solver = Solver(name, ckpt, task, engine, AsyncEngine(engine), defaults, role)
+    if ckpt.identifiers is not None:
+        solver.arc_variants = variants(ckpt.identifiers)
     return solver
 
 

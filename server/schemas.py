@@ -74,8 +74,19 @@ def build_requests(s: Settings) -> RequestModels:
         backtrack: Literal[BACKTRACK] | None = Field(None, description="commit: at a dead end")  # type: ignore[valid-type]
 
     class SolveRequest(Strict):
-        puzzle: Puzzle = Field(description=PUZZLE_DOC, examples=[SUDOKU_EXAMPLE])
+        puzzle: Puzzle | None = Field(
+            None, description=PUZZLE_DOC + " Required, except for ARC with `test_index`.", examples=[SUDOKU_EXAMPLE]
+        )
         task: str | None = Field(None, max_length=64, description="defaults to the model's task")
+        name: str | None = Field(
+            None,
+            max_length=256,
+            description="ARC: the task's name as the checkpoint was trained on it (its identifiers.json); every "
+            "augmented variant of it runs and votes",
+        )
+        test_index: int | None = Field(
+            None, ge=0, le=1000, description="ARC: solve the task's test input of this index (instead of `puzzle`)"
+        )
         model: str | None = Field(None, max_length=256, description="a solver from GET /v1/models; default: first")
         search: SearchIn | None = None
         timeout_s: float | None = Field(
@@ -134,6 +145,13 @@ class Timing(BaseModel):
     server_s: float = Field(description="the HTTP handler's wall time, parsing and encoding included")
 
 
+class ArcAttempt(BaseModel):
+    grid: list[list[int]]
+    votes: int = Field(description="rows (variants x rollouts) whose prediction, mapped back, is this grid")
+    share: float = Field(description="votes / all votes")
+    mean_q: float = Field(description="mean sigmoid(q halt logit) of its votes, the tie-break")
+
+
 class SolveResponse(BaseModel):
     solution: Puzzle = Field(description="the selected answer, in the same form as the puzzle")
     grid: list[Any] = Field(description="the answer as nested lists")
@@ -154,6 +172,10 @@ class SolveResponse(BaseModel):
     nodes: int = Field(0, description="commit: nodes expanded")
     backtracks: int = Field(0, description="commit: returns to an earlier choice")
     committed: int = Field(0, description="commit: cells committed beyond the givens in the last node")
+    attempts: list[ArcAttempt] | None = Field(
+        None, description="ARC: the two best candidates of the vote over variants (Kaggle's attempt_1, attempt_2)"
+    )
+    variants: int | None = Field(None, description="ARC: augmented variants run")
     model: str
     task: str
     request_id: str

@@ -5,6 +5,7 @@ engine admits the request (validation, an unknown model, a 429) still answers a 
 once admitted, the answer is `200 text/event-stream` with these events, each `data` one line of JSON:
 
     progress   after a supervision step (rate-limited to `stream_max_events_per_s`; `progress_json` has the fields)
+    vote       ARC: after a variant finished, the vote so far (server/arc.py `vote_json`)
     result     the response body exactly as the non-streaming call returns it (always sent)
     error      instead of `result`: `{"error": {"type", "message"}}`, the one error shape (server/errors.py)
     done       the end, `data: [DONE]` (as OpenAI's streams end)
@@ -44,7 +45,7 @@ EVENT_SCHEMA = {
     "type": "object",
     "required": ["event", "data"],
     "properties": {
-        "event": {"type": "string", "enum": ["progress", "result", "error", "done"]},
+        "event": {"type": "string", "enum": ["progress", "vote", "result", "error", "done"]},
         "data": {"type": "string", "contentMediaType": "application/json", "description": "JSON, or [DONE]"},
     },
     "description": "progress... then result (or error), then done",
@@ -107,6 +108,10 @@ class Watch:
 
         return hear
 
+    def event(self, kind: str, data: dict) -> None:
+        """Queue an event of the handler's own (event-loop thread), e.g. ARC's `vote`."""
+        self.queue.put_nowait((kind, data))
+
     async def respond(self, request: Request, work: Coroutine, result_json: Callable[[Any], dict]):
         """Run `work` (which sets `admitted`); answer a JSON error if it fails before admission, else stream."""
         task = asyncio.ensure_future(work)
@@ -148,6 +153,9 @@ class Watch:
                 if kind == "progress":
                     p, sample = item
                     yield frame("progress", json.dumps(progress_json(self.task, p, sample)))
+                    continue
+                if kind != "end":
+                    yield frame(kind, json.dumps(item))
                     continue
                 if item.cancelled():
                     return

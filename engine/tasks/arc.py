@@ -52,12 +52,14 @@ def _parse(grid: str | list) -> list[list[int]]:
     return [[int(v) for v in row] for row in rows]
 
 
-def _crop(canvas: np.ndarray) -> np.ndarray:
-    """The official evaluator's `_crop`: the largest top-left rectangle holding only colour tokens, as colours.
+def crop(tokens: np.ndarray) -> np.ndarray:
+    """The official evaluator's `_crop`: the largest top-left rectangle of the 30x30 canvas holding only colour
+    tokens, as uint8 colours.
 
     Rows are scanned top-down; the usable width shrinks to each row's first non-colour token (PAD, EOS or out of
     range) and never grows back; the (rows, width) of largest area wins, the first one on ties.
     """
+    canvas = np.asarray(tokens).reshape(SIDE, SIDE)
     best_area, (height, width) = 0, (0, 0)
     usable = SIDE
     for r in range(SIDE):
@@ -66,7 +68,7 @@ def _crop(canvas: np.ndarray) -> np.ndarray:
             usable = int(bad[0])
         if (r + 1) * usable > best_area:
             best_area, (height, width) = (r + 1) * usable, (r + 1, usable)
-    return canvas[:height, :width] - COLOUR
+    return (canvas[:height, :width] - COLOUR).astype(np.uint8)
 
 
 class Arc(Task):
@@ -99,7 +101,7 @@ class Arc(Task):
 
     def decode(self, tokens: np.ndarray) -> list[list[int]]:
         """Tokens -> the cropped grid of colours 0-9; [] when the top-left token is not a colour."""
-        return _crop(board(tokens, SIDE, SIDE)).tolist()
+        return crop(board(tokens, SIDE, SIDE)).tolist()
 
     def to_text(self, tokens: np.ndarray) -> str:
         return "\n".join("".join(map(str, row)) for row in self.decode(tokens))
