@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from live import PUZZLE, SMALL, LiveServer, app_for, error_of, free_port, metric, solver, wait_ready
+from paced import pace
 
 from engine.runtime import Engine, Limits, Overloaded, Request, Runner, Scheduler
 from engine.search import SearchParams
@@ -326,36 +327,51 @@ def check_answers(bodies: list[dict], outcomes: list, allowed=(200, 429)) -> dic
     return counts
 
 
-def test_a_burst_far_beyond_capacity_gives_only_200s_and_429s(ckpt_dir):
+def test_a_burst_far_beyond_capacity_gives_only_200s_and_429s(ckpt_dir, monkeypatch):
+    """On the fixed-pace runner, so the deadline estimates hold whatever else the machine runs: what is admitted
+    finishes before its deadline (no 504), the rest is refused at once with 429 and a Retry-After."""
+    pace(monkeypatch)
     app = app_for(ckpt_dir, max_steps=64, max_queued_requests=32)
     with LiveServer(app, **uvicorn_options(Settings())) as live:
-        warm = {"puzzle": PUZZLE, "search": {"rollouts": 4, "steps": 8}}
-        assert httpx.post(live.url + "/solve", json=warm).status_code == 200  # the pace is measured
         eng = next(iter(app.state.models.solvers.values())).engine
-        search = [{"rollouts": 4, "steps": 32, "seed": i} for i in range(80)]
+        search = [{"rollouts": 4, "steps": 32, "seed": i} for i in range(80)]  # 0.64 s each at the fixed pace
         bodies = [{"puzzle": PUZZLE, "search": s, "timeout_s": 4} for s in search]
         start = time.monotonic()
         outcomes = burst(live.url, bodies)
         took = time.monotonic() - start
         counts = check_answers(bodies, outcomes)
-        assert counts.get(200, 0) >= 1 and counts.get(429, 0) >= 1, counts
+        assert counts.get(200, 0) >= 3 and counts.get(429, 0) >= 40, counts
         refused = [r.elapsed.total_seconds() for r in outcomes if r.status_code == 429]
-        # refused on admission, not by waiting out the 4 s deadline (2 s here was too tight on a loaded 2-core machine)
-        assert max(refused) < 4.0, refused
+        assert max(refused) < 2.0, refused  # refused on admission, not by waiting out the 4 s deadline
         print(f"burst of {len(bodies)}: {counts} in {took:.1f} s, pace {eng.scheduler.row_steps_per_s:.0f} row-steps/s")
         text = httpx.get(live.url + "/metrics").text
         assert metric(text, "trm_admission_rejections_total", model="tiny", reason="deadline") >= 1
         assert not eng.busy
 
 
+def test_a_burst_on_the_real_model_resolves_every_request_in_the_one_shape(ckpt_dir):
+    """The same burst on the real model, whose pace moves with the machine's load: a 504 may happen when the pace
+    drops mid-burst, but never a transport error or another shape, and every admitted request resolves."""
+    app = app_for(ckpt_dir, max_steps=64, max_queued_requests=32)
+    with LiveServer(app, **uvicorn_options(Settings())) as live:
+        eng = next(iter(app.state.models.solvers.values())).engine
+        bodies = [
+            {"puzzle": PUZZLE, "search": {"rollouts": 4, "steps": 32, "seed": i}, "timeout_s": 4} for i in range(80)
+        ]
+        counts = check_answers(bodies, burst(live.url, bodies), allowed=(200, 429, 504))
+        assert counts.get(200, 0) >= 1, counts
+        assert not eng.busy and not eng.scheduler.active
+
+
 def test_sigterm_mid_burst_drains_and_loses_no_admitted_request(ckpt_dir, tmp_path):
-    """engine-serve in a real process: SIGTERM while requests run. /readyz says "draining" at once and stays
+    """engine-serve in a real process, on the fixed-pace runner (tests/paced.py): SIGTERM while requests run.
+    /readyz says "draining" at once and stays
     reachable, new work gets 503 + Retry-After, what can finish in the drain window answers 200, what cannot gets a
     JSON 503; then the process exits. Nothing ends in a transport error, a 5xx other than 503, or plain text."""
     port, drain_s = free_port(), 6
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "serve.log", "w")
-    cmd = [sys.executable, "-m", "server.main", "--checkpoint", str(ckpt_dir), "--port", str(port)]
+    cmd = [sys.executable, str(ROOT / "tests" / "paced.py"), "--checkpoint", str(ckpt_dir), "--port", str(port)]
     cmd += ["--drain-timeout", str(drain_s), "--max-steps", "100000", "--max-batch", "8", "--threads", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=log)
     try:

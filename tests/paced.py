@@ -1,0 +1,48 @@
+"""A fixed-pace runner for the timing tests (issue 28): the real Runner's interface, with every step of n rows
+taking n x ROW_S seconds (a sleep, so the machine's load barely moves it) and answering a fixed rule-breaking grid
+with q = -5 (no row verifies or is confident: every request runs its full budget). Admission, deadlines, bursts and
+drains then play out the same way on an idle and on a loaded machine.
+
+`python tests/paced.py ARGS` is engine-serve (server.main) on this runner, for tests that need a real process.
+"""
+
+import sys
+import time
+
+import numpy as np
+
+from engine.runtime import Runner
+from engine.runtime.runner import StepResult
+
+ROW_S = 0.005  # seconds per row-step: a step of the small test batch (8 rows) takes 40 ms, far above host work
+
+
+class PacedRunner(Runner):
+    def launch(self, batch):
+        # steps queue one after another, as on a device: this one is ready n x ROW_S after the later of now and the
+        # previous one's end
+        self._ready = max(time.perf_counter(), getattr(self, "_ready", 0.0)) + len(batch.slots) * ROW_S
+        return batch, self._ready
+
+    def collect(self, launched) -> StepResult:
+        batch, ready = launched
+        time.sleep(max(0.0, ready - time.perf_counter()))
+        n, (seq_len, vocab) = len(batch.slots), (batch.inputs.shape[1], self.model.config.vocab_size)
+        answers = np.full((n, seq_len), vocab - 1, np.int64)  # one value everywhere: breaks every Sudoku rule
+        probs = np.full((n, seq_len, vocab), 1 / vocab, np.float32) if batch.want_probs else None
+        return StepResult(answers, np.full(n, -5.0, np.float32), None, None, probs)
+
+
+def pace(monkeypatch) -> None:
+    """Engines built from now on (server.models.build_solver) run on the paced runner."""
+    import server.models
+
+    monkeypatch.setattr(server.models, "Runner", PacedRunner)
+
+
+if __name__ == "__main__":
+    import server.main
+    import server.models
+
+    server.models.Runner = PacedRunner
+    server.main.main(sys.argv[1:])
