@@ -6,6 +6,7 @@ engine-train --arch gram --generate 40000 --clues 30 45 --out runs/gram      # a
 engine-train --arch gram --generator --grids 50000 --out runs/gram-gen     # an unconditional grid generator
 engine-train --init-from checkpoints/sudoku-trm --puzzles hard.txt --solutions hard.sol --extra-clues 0 30 \
     --generate 20000 --clues 30 45 --infill 50000 --mix puzzles=0.6 generated=0.15 infill=0.25 --out runs/hard
+engine-train --dataset data/sudoku-extreme-1k-aug-1000 --out runs/official   # an official-layout dataset's train split
 torchrun --nproc_per_node 2 -m engine.train.cli --preset tiny --generate 2000 --out runs/ddp
 """
 
@@ -22,6 +23,8 @@ import torch
 import torch.distributed as dist
 
 from engine.checkpoint import read_config
+from engine.datasets import DatasetError
+from engine.tasks.base import PuzzleError
 from engine.tasks.sudoku import BLANK
 from engine.train.config import PRESETS, TrainConfig, train_preset
 from engine.train.data import (
@@ -30,6 +33,7 @@ from engine.train.data import (
     download_sudoku_extreme,
     generate_puzzles,
     random_grids,
+    read_official_dataset,
     read_puzzle_files,
     read_sudoku_extreme_csv,
 )
@@ -40,8 +44,8 @@ DEFAULT_PRESET = {"trm": "cpu-small", "gram": "gram-cpu-small", "generator": "gr
 
 # The flags that choose the training data: a run records them (`TrainConfig.data`), so `--resume` needs only --out.
 DATA_FLAGS = (
-    "task puzzles solutions csv hf generate grids clues min_guesses extra_clues infill mix dev_size eval_puzzles "
-    "eval_solutions"
+    "task puzzles solutions csv hf dataset generate grids clues min_guesses extra_clues infill mix dev_size "
+    "eval_puzzles eval_solutions"
 ).split()
 
 
@@ -79,6 +83,11 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--puzzles", help="file of 81-char puzzles ('.' blanks, '#' comments)")
     data.add_argument("--solutions", help="parallel file of 81-digit solutions")
     data.add_argument("--csv", help="Sudoku-Extreme CSV (source,question,answer,rating)")
+    data.add_argument(
+        "--dataset",
+        metavar="DIR",
+        help="train split of a Sudoku dataset in the official layout (build_sudoku_dataset.py's output)",
+    )
     data.add_argument("--hf", action="store_true", help="download Sudoku-Extreme train.csv from the Hugging Face hub")
     data.add_argument(
         "--generate", type=int, metavar="N", help="N puzzles from the built-in generator (unique solutions)"
@@ -107,7 +116,8 @@ def parser() -> argparse.ArgumentParser:
         "--mix",
         nargs="+",
         metavar="SOURCE=SHARE",
-        help="shares of the sources (puzzles, csv, hf, generated, infill); default: in proportion to their sizes",
+        help="shares of the sources (puzzles, csv, dataset, hf, generated, infill); default: in proportion to their "
+        "sizes",
     )
     data.add_argument(
         "--curriculum",
@@ -217,7 +227,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple | list[Source], tuple, str]:
     """(train inputs, labels), (held-out inputs, labels), and a one-line description for the checkpoint."""
     if args.generator:
-        if args.puzzles or args.csv or args.hf or args.generate:
+        if args.puzzles or args.csv or args.dataset or args.hf or args.generate:
             raise SystemExit("engine-train: --generator trains on random complete grids; give no puzzle source")
         if args.grids <= args.dev_size:
             raise SystemExit(f"engine-train: --grids {args.grids} must exceed --dev-size {args.dev_size}")
@@ -244,6 +254,11 @@ def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple | list[Source]
         sources.append(Source("puzzles", x, y, reveal=reveal))
     if args.csv:
         sources.append(Source("csv", *read_sudoku_extreme_csv(args.csv), reveal=reveal))
+    if args.dataset:
+        try:
+            sources.append(Source("dataset", *read_official_dataset(args.dataset), reveal=reveal))
+        except (DatasetError, PuzzleError) as e:
+            raise SystemExit(f"engine-train: --dataset: {e}") from None
     if args.hf:
         sources.append(Source("hf", *read_sudoku_extreme_csv(download_sudoku_extreme("train")), reveal=reveal))
     if args.generate:
@@ -255,12 +270,13 @@ def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple | list[Source]
         sources.append(Source("infill", grids, grids, blank=(0, 81)))
     if not sources:
         raise SystemExit(
-            "engine-train: no training data: give --puzzles/--solutions, --csv, --hf, --generate or --infill"
+            "engine-train: no training data: give --puzzles/--solutions, --csv, --dataset, --hf, --generate or --infill"
         )
     names = {
         "puzzles": f"{Path(args.puzzles or '').name} + {Path(args.solutions or '').name}",
         "csv": Path(args.csv or "").name,
         "hf": "sapientinc/sudoku-extreme train.csv",
+        "dataset": f"{args.dataset} (official layout, train split)",
         "generated": f"{args.generate} generated puzzles (clues {args.clues[0]}-{args.clues[1]}, "
         + (f"min guesses {args.min_guesses}, " if args.min_guesses else "")
         + f"seed {seed})",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.datasets.official import read_split
 from engine.tasks.base import PuzzleError
 from engine.tasks.carve import carve
 from engine.tasks.sudoku import BLANK, SYMMETRY_KEYS, Sudoku, symmetries
@@ -87,6 +88,22 @@ def read_sudoku_extreme_csv(path: str | Path, limit: int | None = None) -> tuple
     inputs = _tokens(questions, lambda i: f"{path} line {line_no[i]} (question)")
     labels = _tokens(answers, lambda i: f"{path} line {line_no[i]} (answer)")
     _check_pairs(inputs, labels, lambda i: f"{path} line {line_no[i]}")
+    return inputs, labels
+
+
+def read_official_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The train split of a Sudoku dataset in the official layout (the official `build_sudoku_dataset.py`'s output,
+    its pre-made augmentations included) -> (inputs, labels). Its tokens are ours already (blank 1, digit d -> d+1).
+    Another layout (ARC's 900 tokens, a maze's) raises PuzzleError naming what it holds."""
+    split = read_split(path, "train")
+    if (split.seq_len, split.vocab_size) != (81, 11):
+        raise PuzzleError(
+            f"{path} holds {split.seq_len}-token examples over a vocabulary of {split.vocab_size}; engine-train "
+            "trains Sudoku (81 tokens, vocabulary 11: the official build_sudoku_dataset.py's layout) only"
+        )
+    inputs = np.concatenate([s.inputs for s in split.sets.values()]).astype(np.uint8)
+    labels = np.concatenate([s.labels for s in split.sets.values()]).astype(np.uint8)
+    _check_pairs(inputs, labels, lambda i: f"{path}/train example {i} (0-based, sets concatenated)")
     return inputs, labels
 
 
