@@ -72,7 +72,7 @@ def loaded(
     rows = requests * params.rollouts
     puzzles = generate_puzzles(requests, np.random.default_rng(0), (30, 45))[0].astype(np.int64)
     runner = StubRunner(max_batch, task.seq_len, task.vocab_size, device_ms)
-    limits = Limits(max_batch=max_batch, max_requests=requests, max_rows=rows, rows_per_request=params.rollouts)
+    limits = Limits(max_batch=max_batch, max_requests=requests, max_rows=rows)
     eng = Engine(runner, task, limits, pipeline=pipeline)
     for i, p in enumerate(puzzles):
         eng.submit(Request(task, p, params.replace(seed=i)))

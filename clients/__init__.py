@@ -11,6 +11,7 @@ from clients.client import (
     ServerError,
     SolveResult,
     Timeout,
+    Unauthorized,
     Unavailable,
 )
 from clients.stream import Progress
@@ -27,5 +28,6 @@ __all__ = [
     "ServerError",
     "SolveResult",
     "Timeout",
+    "Unauthorized",
     "Unavailable",
 ]

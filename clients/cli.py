@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--url", default=os.environ.get("TRM_URL", DEFAULT_URL))
     p.add_argument("--timeout", type=float, default=120.0, help="client timeout in seconds")
     p.add_argument("--retries", type=int, default=2, help="retries on 429/503 (honouring Retry-After)")
+    p.add_argument("--api-key", help="the service's API key (default: TRM_API_KEY)")
     p.add_argument("--json", action="store_true", help="print the raw JSON response")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("models", help="list the loaded models")
     args = p.parse_args(argv)
 
-    with Client(args.url, timeout=args.timeout, max_retries=args.retries) as client:
+    with Client(args.url, timeout=args.timeout, max_retries=args.retries, api_key=args.api_key) as client:
         try:
             if args.command == "solve":
                 puzzle = read_puzzle(args)

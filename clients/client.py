@@ -1,6 +1,8 @@
 """`Client` and `AsyncClient` for the trm-engine HTTP API, on httpx.
 
-Errors are typed (`BadRequest`, `NotFound`, `Overloaded`, `Unavailable`, `Timeout`, `ServerError`, all `APIError`).
+Errors are typed (`BadRequest`, `Unauthorized`, `NotFound`, `Overloaded`, `Unavailable`, `Timeout`, `ServerError`, all
+`APIError`). `api_key` (default: the TRM_API_KEY environment variable, as openai-python reads OPENAI_API_KEY) goes out
+as `Authorization: Bearer <key>` on every request.
 429 and 503 answers and connection failures are retried up to `max_retries` times, waiting the server's
 `Retry-After` when it sends one (0-60 s) and an exponential backoff with jitter otherwise (openai-python's
 `_should_retry` policy). A 504 (the server's deadline) is not retried.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +34,7 @@ STATUS_OF_TYPE = {
     "unavailable": 503,
     "deadline_exceeded": 504,
     "not_found": 404,
+    "unauthorized": 401,
     "cancelled": 499,
     "internal": 500,
     "engine_error": 500,
@@ -45,6 +49,10 @@ class APIError(Exception):
 
 class BadRequest(APIError):
     """422 (bad input: the message names the field, row or cell) or 413 (body too large)."""
+
+
+class Unauthorized(APIError):
+    """401: the service has API keys and this client sent none, or a wrong one (api_key= or TRM_API_KEY)."""
 
 
 class NotFound(APIError):
@@ -129,6 +137,8 @@ def typed_error(
         return Timeout(status, kind, message, rid)
     if status == 404:
         return NotFound(status, kind, message, rid)
+    if status == 401:
+        return Unauthorized(status, kind, message, rid)
     if status >= 500:
         return ServerError(status, kind, message, rid)
     return BadRequest(status, kind, message, rid)
@@ -173,10 +183,12 @@ def generate_body(count: int, kind: str, clues: int | None, seed: int | None, **
 
 
 class _Base:
-    def __init__(self, base_url: str, timeout: float, max_retries: int, backoff: float):
+    def __init__(self, base_url: str, timeout: float, max_retries: int, backoff: float, api_key: str | None):
         self.base_url, self.max_retries, self.backoff = base_url.rstrip("/"), max_retries, backoff
         # read must outlast the server's own deadline (SERVING.md §7), so it defaults to the whole timeout
         self.timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
+        api_key = api_key if api_key is not None else os.environ.get("TRM_API_KEY")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _delay(self, attempt: int, error: APIError | None) -> float:
         if isinstance(error, Overloaded) and error.retry_after is not None:
@@ -223,9 +235,12 @@ class Client(_Base):
         max_retries: int = 2,
         backoff: float = 0.5,
         transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
     ):
-        super().__init__(base_url, timeout, max_retries, backoff)
-        self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout, transport=transport)
+        super().__init__(base_url, timeout, max_retries, backoff, api_key)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=self.timeout, transport=transport, headers=self.headers
+        )
 
     def request(self, method: str, path: str, json: dict | None = None) -> dict:
         for attempt in range(self.max_retries + 1):
@@ -311,9 +326,12 @@ class AsyncClient(_Base):
         max_retries: int = 2,
         backoff: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
     ):
-        super().__init__(base_url, timeout, max_retries, backoff)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, transport=transport)
+        super().__init__(base_url, timeout, max_retries, backoff, api_key)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=self.timeout, transport=transport, headers=self.headers
+        )
 
     async def request(self, method: str, path: str, json: dict | None = None) -> dict:
         for attempt in range(self.max_retries + 1):

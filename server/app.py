@@ -17,6 +17,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from engine.generate import generation_method, grid_params
@@ -24,6 +25,7 @@ from engine.runtime import EngineStopped, Overloaded, TooLarge
 from engine.tasks.solvable import no_solution
 from server import arc, generation, stream
 from server.errors import ApiError, ClientDisconnected, install
+from server.keys import Key, Keyring, configured_keys
 from server.metrics import CONTENT_TYPE, Metrics
 from server.middleware import RequestContext
 from server.models import ModelNotFound, Models, Solver, card, load_models, scrub_paths
@@ -38,6 +40,7 @@ ERRORS = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
         (400, "both Content-Length and Transfer-Encoding sent"),
+        (401, "a valid API key is required (when the service has keys): Authorization: Bearer <key>"),
         (404, "unknown model, or no generator loaded"),
         (413, "request body too large"),
         (422, "invalid request, puzzle or JSON body (the message names the field, row, cell or JSON fault)"),
@@ -52,6 +55,7 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     req = build_requests(settings)
+    keyring = Keyring(configured_keys(settings.api_key, settings.api_keys_file), metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -74,7 +78,7 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
         summary="Inference-time search for Tiny Recursive Models: /solve by K noisy rollouts, /generate with GRAM",
         lifespan=lifespan,
     )
-    app.state.settings, app.state.metrics = settings, metrics
+    app.state.settings, app.state.metrics, app.state.keyring = settings, metrics, keyring
     app.state.phase, app.state.models, app.state.load_error = "loading", None, None
     app.state.drain = Drain()
     install(app)
@@ -87,6 +91,15 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
         return state.models
 
     ModelsDep = Annotated[Models, Depends(get_models)]
+    bearer = HTTPBearer(auto_error=False, description="an API key, when the service has keys (401 otherwise)")
+
+    def authorized(request: Request, _=Depends(bearer)) -> Key | None:
+        """The caller's key (None when keys are off); its name, never its secret, goes to the request's log line."""
+        key = keyring.authenticate(request.headers.get("authorization"))
+        request.state.key = key.name if key else None
+        return key
+
+    KeyDep = Annotated[Key | None, Depends(authorized)]
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:
@@ -104,35 +117,47 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
         return {"status": "ready", "models": [m.name for m in state.models.all()]}
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        if settings.metrics_auth:
+            authorized(request)
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/models", tags=["models"], responses={503: ERRORS[503]})
-    async def list_models(models: ModelsDep) -> ModelList:
+    @app.get("/v1/models", tags=["models"], responses={c: ERRORS[c] for c in (401, 503)})
+    async def list_models(key: KeyDep, models: ModelsDep) -> ModelList:
         return ModelList(data=[card(m, settings.checkpoint_root) for m in models.all()])
 
-    solve_responses = {200: {"content": stream.OPENAPI}} | {c: ERRORS[c] for c in (400, 404, 413, 422, 429, 503, 504)}
+    solve_responses = {200: {"content": stream.OPENAPI}} | {
+        c: ERRORS[c] for c in (400, 401, 404, 413, 422, 429, 503, 504)
+    }
 
     @app.post("/solve", tags=["solve"], responses=solve_responses)
-    async def solve(body: req.Solve, request: Request, models: ModelsDep) -> SolveResponse:  # type: ignore[valid-type]
+    async def solve(body: req.Solve, request: Request, key: KeyDep, models: ModelsDep) -> SolveResponse:  # type: ignore[valid-type]
         """Solve a puzzle by K rollouts on the shared batching engine; one answer is selected and verified. With
         `stream` (or `Accept: text/event-stream`): Server-Sent Events, `progress` per step, then `result`, `done`."""
         if stream.wanted(body, request):
             watch = Watch(models.solver(body.model, body.task).task, settings.stream_max_events_per_s)
-            return await watch.respond(request, _solve(body, request, models, settings, metrics, watch), _json)
-        return await cancel_on_disconnect(request, _solve(body, request, models, settings, metrics))
+            work = keyring.held(key, _solve(body, request, models, settings, metrics, key, watch))
+            return await watch.respond(request, work, _json)
+        return await cancel_on_disconnect(
+            request, keyring.held(key, _solve(body, request, models, settings, metrics, key))
+        )
 
-    generate_responses = {200: {"content": stream.OPENAPI}} | {c: ERRORS[c] for c in (400, 404, 413, 422, 429, 503)}
+    generate_responses = {200: {"content": stream.OPENAPI}} | {
+        c: ERRORS[c] for c in (400, 401, 404, 413, 422, 429, 503)
+    }
 
     @app.post("/generate", tags=["generate"], responses=generate_responses)
-    async def generate(body: req.Generate, request: Request, models: ModelsDep) -> GenerateResponse:  # type: ignore[valid-type]
+    async def generate(body: req.Generate, request: Request, key: KeyDep, models: ModelsDep) -> GenerateResponse:  # type: ignore[valid-type]
         """Sample complete grids from the GRAM generator (only verified-valid ones are returned), or puzzles made from
         them with exactly `clues` givens and a solution proven unique by the exact solver. With `stream`: events as
         for /solve, `progress` carrying the `sample` it is about."""
         if stream.wanted(body, request):
             watch = Watch(_generator(models, body)[0].task, settings.stream_max_events_per_s)
-            return await watch.respond(request, _generate(body, request, models, settings, metrics, watch), _json)
-        return await cancel_on_disconnect(request, _generate(body, request, models, settings, metrics))
+            work = keyring.held(key, _generate(body, request, models, settings, metrics, key, watch))
+            return await watch.respond(request, work, _json)
+        return await cancel_on_disconnect(
+            request, keyring.held(key, _generate(body, request, models, settings, metrics, key))
+        )
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -180,6 +205,7 @@ async def _load(app: FastAPI, loader) -> None:
         return
     state.models = models
     state.metrics.attach(models)
+    state.keyring.attach(models)
     if state.phase == "loading":
         state.phase = "ready"
         state.metrics.ready.set(1)
@@ -219,10 +245,14 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _search(engine: Solver, puzzle, params, request: Request, watch: Watch | None, sample: int | None = None):
-    """One engine request, watched when streaming (the watch hears of its admission and of each of its steps)."""
+async def _search(
+    engine: Solver, puzzle, params, request: Request, key: Key | None, watch: Watch | None, sample: int | None = None
+):
+    """One engine request of the caller's tenant (its key), watched when streaming (the watch hears of its admission
+    and of each of its steps)."""
     listener = watch.listener(sample) if watch is not None else None
-    req = engine.facade.submit(puzzle, params, request_id=request.state.request_id, listener=listener)
+    tenant = key.name if key else ""
+    req = engine.facade.submit(puzzle, params, request_id=request.state.request_id, listener=listener, tenant=tenant)
     if watch is not None:
         watch.admitted.set()
     return await engine.facade.wait(req)
@@ -236,7 +266,13 @@ def _json(response) -> dict:
 
 
 async def _solve(
-    body, request: Request, models: Models, settings: Settings, metrics: Metrics, watch: Watch | None = None
+    body,
+    request: Request,
+    models: Models,
+    settings: Settings,
+    metrics: Metrics,
+    key: Key | None,
+    watch: Watch | None = None,
 ) -> SolveResponse:
     start = time.perf_counter()
     solver = models.solver(body.model, body.task)
@@ -247,7 +283,7 @@ async def _solve(
         if body.name is not None or body.test_index is not None:
             raise ApiError(422, "invalid_request", f"`name` and `test_index` are for ARC; {task.name} takes `puzzle`")
         if body.puzzle is None:
-            raise ApiError(422, "invalid_request", "puzzle: field required")
+            raise ApiError(422, "invalid_request", "puzzle: Field required")
         tokens = task.encode(body.puzzle)
         if why := no_solution(task, tokens):  # proven before any model work (an exact search takes < 1 ms)
             raise ApiError(422, "invalid_puzzle", f"puzzle: the puzzle has no solution: {why}")
@@ -260,8 +296,8 @@ async def _solve(
     try:
         if task.name == "arc":
             window = max(1, settings.max_queued_requests // 4)
-            return await arc.solve(solver, body, params, request.state.request_id, window, watch, start)
-        result = await _search(solver, tokens, params, request, watch)
+            return await arc.solve(solver, body, params, request.state.request_id, window, key, watch, start)
+        result = await _search(solver, tokens, params, request, key, watch)
     except (Overloaded, TooLarge, EngineStopped) as e:  # refused at admission: count why
         metrics.rejections.labels(solver.name, _reason(e)).inc()
         raise
@@ -311,7 +347,13 @@ def _reason(e: Exception) -> str:
 
 
 async def _generate(
-    body, request: Request, models: Models, settings: Settings, metrics: Metrics, watch: Watch | None = None
+    body,
+    request: Request,
+    models: Models,
+    settings: Settings,
+    metrics: Metrics,
+    key: Key | None,
+    watch: Watch | None = None,
 ) -> GenerateResponse:
     start = time.perf_counter()
     engine, method = _generator(models, body)
@@ -321,7 +363,7 @@ async def _generate(
     timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
 
     async def search(puzzle, p, sample):
-        return await _search(engine, puzzle, p, request, watch, sample)
+        return await _search(engine, puzzle, p, request, key, watch, sample)
 
     try:
         out = await generation.generate(

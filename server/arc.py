@@ -22,6 +22,7 @@ from engine.search import SearchParams
 from engine.tasks.arc_augment import Augmentation
 from engine.tasks.arc_vote import ATTEMPTS, Candidate, Vote, vote_rows
 from server.errors import ApiError
+from server.keys import Key
 from server.models import Solver
 from server.schemas import ArcAttempt, SolveResponse
 from server.stream import Watch
@@ -56,7 +57,14 @@ def task_variants(solver: Solver, name: str | None) -> list[tuple[int, Augmentat
 
 
 async def solve(
-    solver: Solver, body, params: SearchParams, request_id: str, window: int, watch: Watch | None, start: float
+    solver: Solver,
+    body,
+    params: SearchParams,
+    request_id: str,
+    window: int,
+    key: Key | None,
+    watch: Watch | None,
+    start: float,
 ) -> SolveResponse:
     found = task_variants(solver, body.name)
     grid = test_input(solver, body)
@@ -72,7 +80,8 @@ async def solve(
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeadlineExceeded(f"deadline of {params.timeout_s} s passed")
-            req = solver.facade.submit(inputs[i], params.replace(timeout_s=left), pid, f"{request_id}-{i}")
+            timed = params.replace(timeout_s=left)
+            req = solver.facade.submit(inputs[i], timed, pid, f"{request_id}-{i}", tenant=key.name if key else "")
             if watch is not None:
                 watch.admitted.set()
             result = await solver.facade.wait(req)

@@ -3,10 +3,11 @@
 | exception | status | type |
 |---|---|---|
 | validation, body not JSON, PuzzleError, no solution, TooLarge | 422 | invalid_request, invalid_puzzle, too_large |
+| no API key, or a wrong one (when keys are configured) | 401 + WWW-Authenticate: Bearer | unauthorized |
 | Content-Length and Transfer-Encoding both sent | 400 | bad_request |
 | body over the size limit | 413 | payload_too_large |
 | unknown model, no generator loaded, unknown route | 404 | not_found |
-| Overloaded (caps, or the deadline cannot be met), generator busy | 429 + Retry-After | overloaded |
+| Overloaded (caps, or the deadline cannot be met), a key's quota | 429 + Retry-After | overloaded |
 | loading, draining (EngineStopped), cut off by the drain timeout | 503 + Retry-After | unavailable |
 | DeadlineExceeded | 504 | deadline_exceeded |
 | client went away | 499 (nobody reads it) | cancelled |
@@ -41,9 +42,12 @@ log = logging.getLogger("server.errors")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, type: str, message: str, retry_after: float | None = None):
+    def __init__(
+        self, status: int, type: str, message: str, retry_after: float | None = None, headers: dict | None = None
+    ):
         super().__init__(message)
         self.status, self.type, self.message, self.retry_after = status, type, message, retry_after
+        self.headers = headers or {}
 
 
 class ClientDisconnected(Exception):
@@ -51,10 +55,12 @@ class ClientDisconnected(Exception):
 
 
 def error_response(
-    status: int, type: str, message: str, retry_after: float | None = None, close: bool = False
+    status: int, type: str, message: str, retry_after: float | None = None, close: bool = False, headers=None
 ) -> JSONResponse:
     """The one error shape. `close`: the connection is closed after it (a body left unread cannot be framed)."""
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {}
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if close:
         headers["Connection"] = "close"
     return JSONResponse({"error": {"type": type, "message": message}}, status_code=status, headers=headers)
@@ -124,7 +130,7 @@ def install(app: FastAPI) -> None:
         err = to_api_error(exc)
         if err.status >= 500 and err.status not in (503, 504):
             log.error("request failed", exc_info=exc)
-        return error_response(err.status, err.type, err.message, err.retry_after)
+        return error_response(err.status, err.type, err.message, err.retry_after, headers=err.headers)
 
     # Typed errors go through Starlette's ExceptionMiddleware; a bare Exception handler would sit in
     # ServerErrorMiddleware, which re-raises after answering, so only the truly unexpected land there.

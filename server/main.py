@@ -6,6 +6,7 @@ Settings come from `TRM_*` environment variables (server/settings.py); flags ove
 from __future__ import annotations
 
 import argparse
+import logging
 
 import torch
 import uvicorn
@@ -16,6 +17,7 @@ from server.protocol import IdleTimeoutH11Protocol
 from server.settings import Settings
 from server.shutdown import DrainingServer
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 FLAGS = {  # flag -> (settings field, type, help)
     "--host": ("host", str, "bind address (TRM_HOST; default 127.0.0.1, use 0.0.0.0 in a container)"),
     "--port": ("port", int, "port (TRM_PORT; default 8000)"),
@@ -25,7 +27,6 @@ FLAGS = {  # flag -> (settings field, type, help)
     "--max-batch": ("max_batch", int, "rows per engine step"),
     "--max-queued-requests": ("max_queued_requests", int, "admission cap on requests (429 beyond)"),
     "--max-queued-rows": ("max_queued_rows", int, "admission cap on rows, a request counting its K"),
-    "--rows-per-request": ("rows_per_request", int, "rows one request may take per step while others wait"),
     "--max-rollouts": ("max_rollouts", int, "largest K a request may ask for"),
     "--max-steps": ("max_steps", int, "largest D a request may ask for"),
     "--max-timeout": ("max_timeout_s", float, "largest timeout_s a request may ask for"),
@@ -52,6 +53,17 @@ def parse(argv: list[str] | None = None) -> Settings:
     )
     for flag, (field, kind, help) in FLAGS.items():
         p.add_argument(flag, dest=field, type=kind, help=help)
+    p.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_key",
+        metavar="KEY",
+        help="require Authorization: Bearer KEY (repeatable; TRM_API_KEY, comma-separated)",
+    )
+    p.add_argument("--api-keys-file", dest="api_keys_file", help="TOML file of named keys with quotas (README)")
+    p.add_argument(
+        "--metrics-auth", action="store_const", const=True, dest="metrics_auth", help="/metrics needs a key too"
+    )
     args = vars(p.parse_args(argv))
     return Settings(**{k: v for k, v in args.items() if v is not None})
 
@@ -64,7 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     for path, required in settings.checkpoint_paths():
         if required and not (path / "config.json").is_file():
             raise SystemExit(f"engine-serve: {path} is not a checkpoint directory (no config.json)")
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as e:  # e.g. a malformed API keys file
+        raise SystemExit(f"engine-serve: {e}") from None
+    if not app.state.keyring.enabled and settings.host not in LOOPBACK:
+        logging.getLogger("server").warning(
+            f"no API key configured and bound to {settings.host}: anyone who can reach port {settings.port} may use "
+            "the service (--api-key or --api-keys-file)"
+        )
     config = uvicorn.Config(app, host=settings.host, port=settings.port, **uvicorn_options(settings))
     DrainingServer(config, app, settings.drain_timeout_s).run()
 

@@ -18,6 +18,8 @@ read at scrape time from the engines' own state (scheduler queues, `Engine.stats
 | trm_generate_samples_total, trm_generate_valid_samples_total, trm_generate_items_total | counter | model (, kind) |
 | trm_model_info | gauge = 1 | model, role, task, arch, dtype, device, runner, kernels |
 | trm_ready | gauge | 1 when every checkpoint is loaded and the service is not draining |
+| trm_key_requests_total, trm_key_row_steps_total | counter | key (the API key's name) |
+| trm_key_refusals_total | counter | key, reason: concurrency row_steps (its quota) |
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ class Metrics:
         self.confidence = Histogram(
             "trm_selection_confidence", "sigmoid(q) of the selected rollout", ["model"], buckets=SHARE, registry=r
         )
+        self.key_requests = Counter("trm_key_requests", "Requests by API key name", ["key"], registry=r)
+        self.key_refusals = Counter(
+            "trm_key_refusals", "Requests refused by a key's quota", ["key", "reason"], registry=r
+        )
+        self.key_row_steps = Counter("trm_key_row_steps", "Row-steps run for each API key", ["key"], registry=r)
         self.nodes = Counter("trm_search_nodes", "Commit-search nodes expanded", ["model"], registry=r)
         self.backtracks = Counter(
             "trm_search_backtracks", "Commit-search returns to an earlier choice", ["model"], registry=r

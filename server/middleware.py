@@ -72,6 +72,8 @@ class RequestContext:
                 self.metrics.requests.labels(path.strip("/"), result).inc()
             if path != "/metrics":
                 fields = {"method": scope["method"], "path": path, "status": status[0], "outcome": result}
+                if key := scope["state"].get("key"):  # the API key's name (never its secret)
+                    fields["key"] = key
                 fields["duration_s"] = round(took, 6)
                 log.info("request", extra={"fields": fields})
             request_id.reset(token)

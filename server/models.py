@@ -107,7 +107,6 @@ def build_solver(name: str, ckpt: Checkpoint, s: Settings, role: str = "solver")
         max_batch=s.max_batch,
         max_requests=s.max_queued_requests,
         max_rows=s.max_queued_rows,
-        rows_per_request=s.rows_per_request,
     )
     task = get_task(ckpt.task)
     if task.name == "sudoku":  # the exact solver's first call may compile it: here, not on the first request

@@ -11,9 +11,10 @@ solver, required) and the generators for /generate, skipped when absent: `sudoku
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_SOLVERS = ("sudoku-trm",)
@@ -41,7 +42,6 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1)
     max_queued_requests: int = Field(256, ge=1)
     max_queued_rows: int = Field(4096, ge=1)
-    rows_per_request: int = Field(32, ge=1)
 
     # per-request limits, shown in the OpenAPI schema
     max_rollouts: int = Field(256, ge=1)
@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     watchdog_s: float = Field(120.0, gt=0)  # /readyz turns 503 when an engine makes no step this long with work
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None: torch's default (one per core)
     log_level: str = "info"
+
+    # API keys (server/keys.py): TRM_API_KEY (comma-separated) or --api-key, and a TOML keys file with quotas
+    api_key: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    api_keys_file: Path | None = None
+    metrics_auth: bool = False  # /metrics needs a key too (else it stays open for Prometheus)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        return [k.strip() for k in value.split(",") if k.strip()] if isinstance(value, str) else value
 
     def resolve(self, name: str) -> Path:
         """A checkpoint argument as given if it exists, else under checkpoint_root."""

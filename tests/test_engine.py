@@ -111,15 +111,31 @@ def test_submit_refuses_out_of_range_tokens_and_puzzle_ids_naming_the_cell(tiny_
     assert not eng.busy
 
 
-def test_per_request_row_cap_lets_a_later_request_in(tiny_model):
-    eng = engine(tiny_model, max_batch=8, rows_per_request=2)
+def test_fair_share_gives_every_request_a_row_and_a_lone_request_the_batch(tiny_model):
+    eng = engine(tiny_model, max_batch=8)
     big = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=20, steps=2)))
-    small = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=2, steps=2)))
     eng.step()
-    assert small.steps_done.tolist() == [1, 1]  # ran in the very first step, beside the huge K
-    assert (big.steps_done == 1).sum() == 6  # 2 under the cap, then the leftover room
+    assert (big.steps_done == 1).sum() == 8  # alone: the whole batch
+    small = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=2, steps=2)))
+    one = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=1, steps=2)))
+    eng.step()
+    # rows dealt round-robin: big 3 (its started rows first), small 2 (all it has), one 1, then the rest to big
+    assert small.steps_done.tolist() == [1, 1] and one.steps_done.tolist() == [1]
+    assert (big.steps_done == 2).sum() == 5 and (big.steps_done == 1).sum() == 3
     eng.run_until_idle()
     assert small.future.result().row_steps == 4 and big.future.result().row_steps == 40
+
+
+def test_fair_share_is_across_tenants_first(tiny_model):
+    """A tenant's burst of many requests gets half the batch, not all of it, against another tenant's one request."""
+    eng = engine(tiny_model, max_batch=8)
+    burst = [eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=4, steps=4), tenant="a")) for _ in range(6)]
+    lone = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=8, steps=4), tenant="b"))
+    eng.step()
+    assert (lone.steps_done == 1).sum() == 4  # half the batch
+    assert sum(int((r.steps_done == 1).sum()) for r in burst) == 4  # the other half, a row each to the oldest four
+    assert [int(r.steps_done.sum()) for r in burst] == [1, 1, 1, 1, 0, 0]
+    eng.run_until_idle()
 
 
 def test_deadline_removes_the_rows(tiny_model):
@@ -236,21 +252,35 @@ def test_gram_rows_sample_the_prior_with_their_own_streams_and_select_by_likelih
     assert mixed[0].selection.index == int(np.argmax(mixed[0].rows.log_prior))
 
 
+# A solvable hard puzzle (generate_puzzles(1, default_rng(1), clues=(22, 26), min_guesses=3); unique solution, 24
+# clues) that the rule mask alone does not fill: commit search on a tiny random model expands nodes and backtracks.
+HARD = "..54.....8....2...2...71..6..85..1.36.4....8....8.....4...2.7......6...8...9..23."
+
+
 def mixed_workload(task=SUDOKU) -> list[Request]:
     """Requests that make rows join and leave at different steps (so buckets switch), with z and y noise, augmented
-    rows and a commit search (which asks for distributions)."""
+    rows and a commit search (which asks for distributions) that expands several nodes and backtracks."""
     return [
         Request(task, puzzle(1), SearchParams(rollouts=3, steps=4, noise=0.5, seed=11)),
         Request(task, puzzle(2), SearchParams(rollouts=6, steps=2, noise=1.0, noise_target="y", seed=1)),
         Request(task, puzzle(3), SearchParams(rollouts=4, steps=6, noise=0.2, noise_target="both")),
         Request(task, puzzle(4), SearchParams(rollouts=2, steps=3, diversity="augment", seed=3)),
-        Request(task, puzzle(5), SearchParams(rollouts=2, steps=2, strategy="commit", max_nodes=3, seed=4)),
+        Request(task, task.encode(HARD), SearchParams(rollouts=2, steps=2, strategy="commit", max_nodes=40, seed=4)),
     ]
+
+
+def searched(results: list) -> None:
+    """The workload's commit search really searched: several nodes expanded (each asked the rows for distributions),
+    at least one backtrack, and the hard puzzle solved by the mask and DFS (a random net's choices, rule-checked)."""
+    commit = results[4]
+    assert commit.nodes > 1 and commit.backtracks >= 1, (commit.finish, commit.nodes, commit.backtracks)
+    assert commit.finish == "filled" and commit.verified and commit.row_steps == commit.nodes * 2 * 2
 
 
 def same_results(a: list, b: list) -> None:
     for x, y in zip(a, b):
-        assert np.array_equal(x.rows.answers, y.rows.answers)
+        assert np.array_equal(x.rows.answers, y.rows.answers) and np.array_equal(x.answer, y.answer)
+        assert (x.finish, x.backtracks) == (y.finish, y.backtracks)
         np.testing.assert_allclose(x.rows.q, y.rows.q, rtol=1e-5, atol=1e-5)
         assert (x.row_steps, x.nodes, x.selection.index) == (y.row_steps, y.nodes, y.selection.index)
         for name in ("value", "log_prior"):
@@ -272,6 +302,7 @@ def test_static_buffers_give_the_eager_answers_as_rows_join_and_leave(tiny_model
     eager = solve(engine(model, max_batch=8, static=False), *mixed_workload())
     static_engine = engine(model, max_batch=8, static=True)
     static = solve(static_engine, *mixed_workload())
+    searched(eager)
     same_results(eager, static)
     assert static_engine.stats.padded_row_steps > static_engine.stats.row_steps  # padding rows did run
     runner = static_engine.runner
@@ -287,6 +318,7 @@ def test_pipelined_engine_keeps_a_step_in_flight_and_answers_as_the_plain_one(ti
         return [*mixed_workload(), Request(SUDOKU, puzzle(6), waves)]
 
     plain = solve(engine(tiny_model, max_batch=8, static=True), *workload())
+    searched(plain)
     piped = Engine(Runner(tiny_model, max_batch=8, static=True), SUDOKU, Limits(max_batch=8), pipeline=True)
     launch, collect, uncollected = piped.runner.launch, piped.runner.collect, [0]
 
@@ -326,6 +358,7 @@ def test_cuda_graphs_give_the_eager_answers_as_rows_join_and_leave(tiny_model):
 
     for size, graph in graphs.runner.graphs.items():
         graph.replay = checked(graph, size)
+    searched(eager)
     same_results(eager, solve(graphs, *mixed_workload()))
     assert len(replays) == graphs.stats.steps and len(set(replays)) > 1  # every step replayed, buckets switched
 

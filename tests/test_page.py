@@ -153,3 +153,32 @@ def test_stop_on_the_page_cancels_the_search_in_the_engine(page, monkeypatch):
     while eng.busy and time.monotonic() < end:
         time.sleep(0.02)
     assert not eng.busy and len(eng.scheduler.free_slots) == eng.runner.slots  # the rows left the engine
+
+
+def test_the_page_asks_for_an_api_key_and_keeps_it_for_the_tab():
+    """On a service with keys the page's first call gets 401: it asks for the key (a prompt), keeps it in
+    sessionStorage (this tab only) and sends it with every call after."""
+    from selenium.common.exceptions import NoAlertPresentException
+
+    def prompt(d):
+        try:
+            return d.switch_to.alert
+        except NoAlertPresentException:
+            return False
+
+    driver = _browser()
+    app = create_app(Settings(checkpoints=[str(ROOT / "checkpoints" / "sudoku-trm")], api_key=["page-key"]))
+    try:
+        with LiveServer(app) as live:
+            driver.get(live.url + "/")
+            alert = _wait(driver, prompt, 10)
+            assert "needs an API key" in alert.text
+            alert.send_keys("page-key")
+            alert.accept()
+            _wait(driver, lambda d: "sudoku-trm (solver)" in _text(d, "model"), 10)
+            assert driver.execute_script("return sessionStorage.getItem('trm-api-key')") == "page-key"
+            driver.find_element("id", "solve").click()
+            _wait(driver, lambda d: _text(d, "status").startswith("Verified") and _idle(d))
+            assert _digits(driver) == SOLUTION
+    finally:
+        driver.quit()

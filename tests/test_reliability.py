@@ -91,15 +91,30 @@ def test_admission_refuses_what_cannot_finish_before_its_deadline():
     with pytest.raises(Overloaded) as e:  # queued work ahead, and no pace measured yet
         s.admit(sudoku_request(timeout_s=60))
     assert e.value.reason == "deadline" and e.value.retry_after == 1
-    s.row_steps_per_s = 40.0  # 400 row-steps ahead: 10 s at this pace
-    with pytest.raises(Overloaded) as e:
-        s.admit(sudoku_request(rollouts=4, steps=10, timeout_s=5))  # (400 + 40) / 40 = 11 s > 5 s
-    # retry once what is ahead fits: 10 s ahead - (5 / 1.25 - 1 s own) = 7 s
-    assert e.value.reason == "deadline" and e.value.retry_after == 7 and "5 s deadline" in str(e.value)
-    s.admit(sudoku_request(rollouts=4, steps=10, timeout_s=60))  # 11 s x 1.25 < 60 s
+    s.row_steps_per_s = 40.0
+    with pytest.raises(Overloaded) as e:  # 400 row-steps sharing with the 400 admitted: 800 at 40/s = 20 s > 5 s
+        s.admit(sudoku_request(rollouts=4, steps=100, timeout_s=5))
+    # retry once the shared work fits: 20 s - 5 / 1.25 s = 16 s
+    assert e.value.reason == "deadline" and e.value.retry_after == 16 and "5 s deadline" in str(e.value)
+    # a short one shares the batch with the long one: done after 40 + 40 row-steps (2 s), within 5 s
+    s.admit(sudoku_request(rollouts=4, steps=10, timeout_s=5))
     s.admit(sudoku_request(rollouts=4, steps=10))  # no deadline: only the caps apply
     assert s.queued == (3, 12)
-    assert s.retry_after() == 12  # 480 row-steps at 40/s, no longer capped at 60 s when the truth is longer
+    assert s.retry_after() == 12  # all 480 row-steps at 40/s, no longer capped at 60 s when the truth is longer
+
+
+def test_the_deadline_estimate_follows_fair_sharing():
+    s = Scheduler(Limits(max_batch=8), slots=16)
+    s.row_steps_per_s = 100.0
+    heavy = [sudoku_request(rollouts=8, steps=100) for _ in range(3)]  # 800 row-steps each
+    for r in heavy:
+        s.admit(r)
+    small = sudoku_request(rollouts=1, steps=10)  # 10 row-steps: done once each heavy one has run 10 too
+    assert s.estimate(small) == pytest.approx(max((10 + 3 * 10) / 100, 10 * 8 / 100))
+    other = Request(SUDOKU, SUDOKU.encode(PUZZLE), SearchParams(rollouts=8, steps=100), tenant="b")
+    # tenant b's 800 row-steps against tenant "" (2400): each tenant runs min(its work, 800) -> 1600 at 100/s
+    assert s.estimate(other) == pytest.approx(16.0)
+    assert s.estimate(heavy[0]) == pytest.approx(24.0)  # its own tenant's three, equal: all of them
 
 
 def test_a_deadline_refusal_is_429_with_retry_after_and_counted(client):

@@ -677,11 +677,11 @@ def test_a_real_prometheus_scrapes_the_service(ckpt_dir, tmp_path):
 
 
 def test_fuzzing_the_openapi_schema_finds_no_server_error(ckpt_dir, gen_dir, tmp_path):
-    """schemathesis cases for every operation (positive and negative), ~30 each, against a real server: no 5xx.
-    Driven through hypothesis directly: schemathesis' pytest plugin does not run under pytest 9."""
+    """schemathesis cases for every operation (positive and negative), ~30 each, against a real server with an API
+    key: no 5xx. Driven through hypothesis directly: schemathesis' pytest plugin does not run under pytest 9."""
     set_hypothesis_home_dir(tmp_path / "hypothesis")  # not ./.hypothesis in the checkout
     limits = dict(max_rollouts=2, max_steps=2, max_generate_samples=2, max_timeout_s=5, default_timeout_s=5)
-    app = app_for(ckpt_dir, gen_dir, **limits)
+    app = app_for(ckpt_dir, gen_dir, api_key=["fuzz-key"], **limits)
     with LiveServer(app) as live:
         schema = schemathesis.openapi.from_url(live.url + "/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
@@ -692,7 +692,7 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(ckpt_dir, gen_dir, tmp
             @given(case=op.as_strategy())
             @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             def no_server_error(case):
-                response = case.call(timeout=30)
+                response = case.call(timeout=30, headers={"Authorization": "Bearer fuzz-key"})
                 seen.append(response.status_code)
                 # 504 is the contract's answer to a deadline the case itself set (timeout_s=1e-9, say)
                 asked_deadline = isinstance(case.body, dict) and case.body.get("timeout_s") is not None

@@ -28,10 +28,11 @@ class AsyncEngine:
         puzzle_id: int = 0,
         request_id: str | None = None,
         listener: Callable[[Request], None] | None = None,
+        tenant: str = "",
     ) -> Request:
         """Admit a request now (or raise why not); `wait` for its result."""
         try:
-            req = Request(self.engine.task, puzzle, params, puzzle_id, listener=listener)
+            req = Request(self.engine.task, puzzle, params, puzzle_id, tenant, listener=listener)
         except ValueError as e:  # e.g. commit search or augment on a task that cannot take them
             raise InvalidRequest(str(e)) from None
         if request_id:

@@ -1,7 +1,7 @@
 """The engine loop: one thread owns the model; every iteration runs one supervision step for the scheduled rows.
 
     drop     requests past their deadline or cancelled (their rows leave now)
-    pick     rows of many requests, FIFO with a per-request cap (scheduler)
+    pick     rows of many requests, fairly shared across tenants and requests (scheduler)
     launch   one step on the runner
     update   rows' answers and q; early exit when a row verifies (or is confident); finished requests are selected
              and resolved
@@ -197,7 +197,7 @@ class Engine:
                 self._fail(req, Cancelled("cancelled"))
             elif now > req.deadline:
                 self._fail(req, DeadlineExceeded(f"deadline of {req.params.timeout_s} s passed"))
-        plan = sched.pick(in_flight)
+        plan = sched.pick(in_flight, self.stats.steps % 2 if self.pipeline else None)
         if plan:
             batch, start = self._batch(plan), time.perf_counter()
             self._flight.append((plan, self.runner.launch(batch), start))
@@ -357,9 +357,8 @@ class Engine:
     def _next_wave(self, req: Request) -> None:
         """Rollouts: every row of this wave ran without an early exit; start K fresh rows on the puzzle, unless at
         the measured pace they could not finish before the deadline: then answer now with the best row so far."""
-        pace = self.scheduler.row_steps_per_s
         wave = req.rows * req.params.steps
-        if pace > 0 and time.monotonic() + (self.scheduler.work() + wave) / pace > req.deadline:
+        if self.scheduler.row_steps_per_s > 0 and time.monotonic() + self.scheduler.estimate(req, wave) > req.deadline:
             self._resolve(req, "completed")
             return
         req.past.append(req.row_view())
@@ -434,19 +433,19 @@ class Engine:
     def _deliver(self, req: Request, result: SearchResult) -> None:
         self.scheduler.remove(req)
         self.stats.requests_finished += 1
+        for hook in self.on_resolve:  # before the caller hears of it: its quota and metrics are booked by then
+            hook(req, result, None)
         # Check and claim in one atomic call: a client cancel between a `cancelled()` check and the set would
         # raise here, in the loop, whose handler then fails every active request (issue 16).
         if req.future.set_running_or_notify_cancel():
             req.future.set_result(result)
-        for hook in self.on_resolve:
-            hook(req, result, None)
 
     def _fail(self, req: Request, error: RequestError) -> None:
         self.scheduler.remove(req)
-        if req.future.set_running_or_notify_cancel():  # atomic, as in _resolve
-            req.future.set_exception(error)
         for hook in self.on_resolve:
             hook(req, None, error)
+        if req.future.set_running_or_notify_cancel():  # atomic, as in _resolve
+            req.future.set_exception(error)
 
     def likelihood_fn(self, req: Request):
         """Scores distinct candidates by the GRAM ELBO for the `likelihood` selector (None for TRM checkpoints)."""

@@ -95,6 +95,7 @@ class Request:
     puzzle: np.ndarray  # [seq_len] int64 tokens
     params: SearchParams
     puzzle_id: int = 0
+    tenant: str = ""  # whose work it is (the API key's name): the scheduler shares rows fairly across tenants
     record_steps: tuple[int, ...] = ()  # evaluation: also keep every row's answers at these step counts
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     submitted: float = field(default_factory=time.monotonic)
@@ -106,6 +107,7 @@ class Request:
         K = self.params.rollouts
         self.slot = np.full(K, -1, dtype=np.int64)  # carry slot in the runner's pool; -1: none
         self.history: dict[int, Rows] = {}
+        self.seq = -1  # admission order, set by the scheduler (pipelined steps alternate between even and odd)
         self.started: float | None = None
         self.cancelled = False
         self.row_steps = 0  # over every node

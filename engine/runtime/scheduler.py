@@ -1,13 +1,24 @@
 """The scheduler: bounded admission, and which rows run at the next supervision step.
 
 Admission is synchronous (any thread): a request is refused at once when the queued requests or rows would pass
-their caps, before any work is spent on it (SERVING.md §2.4), or when the work queued ahead of it plus its own would
-not finish before its deadline at the measured pace (issue 16: admitting it would only end in a 504). Admitted
-requests wait in an inbox that the engine thread drains at each step boundary.
+their caps, before any work is spent on it (SERVING.md §2.4), or when it would not finish before its deadline at the
+measured pace, given the work admitted with it (issue 16: admitting it would only end in a 504). Admitted requests
+wait in an inbox that the engine thread drains at each step boundary.
 
-Picking rows (engine thread) is FIFO over requests in two passes: first every request gets up to
-`rows_per_request` rows, so one huge K cannot starve the others; then leftover room goes FIFO without the cap.
-Within a request, rows already in flight go before new ones, and a new row needs a free carry slot.
+Picking rows (engine thread) is max-min fair share at step granularity (issue 27): the step's rows are dealt one at
+a time, round-robin over tenants (API keys; one tenant when keys are off), and within a tenant round-robin over its
+requests, oldest first, until the batch is full or no request can use another row. So every live request gets a row
+in every step while the batch has room, a tenant's burst cannot take the batch from another tenant's request, and a
+request alone still takes the whole batch. This is deficit round-robin over row-steps with a quantum of one row-step
+per round, renewed every step: a supervision step is the unit of time, so no tenant carries a deficit across steps
+(a request that could use fewer rows than its share leaves them to the others in the same step, which is what
+work-conserving means here), and the policy has no weights or history to tune. Within a request, rows that hold a
+carry slot go before new ones, and a new row needs a free slot.
+
+The deadline estimate follows the same order. Under fair sharing a request with W row-steps left finishes once every
+tenant has run min(its work, the share it needs) (processor sharing): within its tenant, w_t = sum over the tenant's
+requests of min(w_i, W); across tenants, sum over tenants of min(W_u, w_t), at the measured pace. It can never be
+faster than its own supervision steps one after another.
 """
 
 from __future__ import annotations
@@ -44,7 +55,6 @@ class Limits:
     max_batch: int = 64  # rows per step
     max_requests: int = 256  # queued + running requests
     max_rows: int = 4096  # queued + running rows (a request counts its K)
-    rows_per_request: int = 32  # rows one request may take per step while others are waiting
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._requests = self._rows = 0  # admitted and not yet resolved
         self.draining = False
+        self._seq = 0  # admissions so far (Request.seq)
         self.row_steps_per_s = 0.0  # recent throughput, for Retry-After
 
     # -- any thread -------------------------------------------------------------------------------------------------
@@ -99,14 +110,28 @@ class Scheduler:
         left = request.deadline - time.monotonic()
         if pace <= 0:  # nothing measured yet: one request at a time until the first step gives a pace
             raise DeadlineUnmet(None, timeout, 1.0)
-        ahead = self.work()
-        own = request.row_steps_left
-        need = (ahead + own) / pace
+        need = self.estimate(request)
         if need * DEADLINE_MARGIN <= left:
             return
-        # On a retry the deadline starts afresh: wait until what is ahead has shrunk to what then fits.
-        fits = max(0.0, timeout / DEADLINE_MARGIN - own / pace)
-        raise DeadlineUnmet(need, timeout, self._seconds(ahead / pace - fits))
+        # On a retry the deadline starts afresh: wait until the work it shares the machine with has shrunk enough
+        raise DeadlineUnmet(need, timeout, self._seconds(need - timeout / DEADLINE_MARGIN))
+
+    def estimate(self, request: Request, extra: int = 0) -> float:
+        """Seconds until `request` (plus `extra` row-steps of it not counted in its rows yet, e.g. a next wave) would
+        finish under fair sharing with the admitted work, at the measured pace (module docstring)."""
+        pace = self.row_steps_per_s
+        own = request.row_steps_left + extra
+        by_tenant: dict[str, list[int]] = {}
+        rows = request.rows
+        for r in list(self.active) + list(self._inbox):
+            if r is not request:
+                by_tenant.setdefault(r.tenant, []).append(r.row_steps_left)
+                rows += r.rows
+        mine = own + sum(min(w, own) for w in by_tenant.pop(request.tenant, []))
+        shared = mine + sum(min(sum(works), mine) for works in by_tenant.values())
+        steps = -(-own // request.rows)  # its supervision steps, one after another
+        step_s = min(rows, self.limits.max_batch) / pace  # at the batch the admitted work fills
+        return max(shared / pace, steps * step_s)
 
     def work(self) -> int:
         """Row-steps the admitted requests still have to run (a best-effort read of the engine thread's arrays)."""
@@ -144,39 +169,68 @@ class Scheduler:
         new = []
         while self._inbox:
             new.append(self._inbox.popleft())
+            new[-1].seq, self._seq = self._seq, self._seq + 1
         self.active.extend(new)
         return new
 
-    def pick(self, in_flight: set[int] = frozenset()) -> list[tuple[Request, np.ndarray]]:
-        """Rows for the next step: [(request, row indices)], at most max_batch rows in all. Assigns slots.
-
-        Two passes in FIFO order: first up to `rows_per_request` rows each, then whatever room is left. A request's
-        rows that hold a carry slot go before those that need one. Requests whose ids are `in_flight` (in a step
-        launched but not collected yet) wait for their results."""
-        lim = self.limits
-        room = lim.max_batch
-        taken: dict[int, np.ndarray] = {}
-        for cap in (lim.rows_per_request, lim.max_batch):
-            for req in self.active:
-                if room == 0:
-                    break
-                if id(req) in in_flight:
-                    continue
-                mine = taken.get(id(req), np.zeros(0, np.int64))
-                alive = req.steps_done < req.params.steps
-                started = req.slot >= 0
-                order = np.concatenate((np.flatnonzero(alive & started), np.flatnonzero(alive & ~started)))
-                if len(mine):
-                    order = order[~np.isin(order, mine)]
-                order = order[: min(cap - len(mine), room)]
-                new = order[~started[order]]
-                short = len(new) - len(self.free_slots)
-                if short > 0:  # unstarted rows come last in `order`: drop those without a slot
-                    order, new = order[: len(order) - short], new[: len(new) - short]
+    def pick(self, in_flight: set[int] = frozenset(), parity: int | None = None) -> list[tuple[Request, np.ndarray]]:
+        """Rows for the next step by fair share (module docstring): [(request, row indices)], at most max_batch rows.
+        Assigns slots. Requests whose ids are `in_flight` (in a step launched but not collected yet) wait for their
+        results. `parity` (pipelined engine): requests of that admission parity are dealt rows first and the others
+        only the room they leave, so consecutive steps hold different requests and can overlap; fair share alone
+        would put every request in every step, leaving none for the step launched while this one is in flight."""
+        runnable: dict[int, np.ndarray] = {}  # request -> its rows that can run, those holding a slot first
+        for req in self.active:
+            alive = req.steps_done < req.params.steps
+            started = req.slot >= 0
+            order = np.concatenate((np.flatnonzero(alive & started), np.flatnonzero(alive & ~started)))
+            if len(order) and id(req) not in in_flight:
+                runnable[id(req)] = order
+        taken = dict.fromkeys(runnable, 0)
+        room, free = self.limits.max_batch, len(self.free_slots)
+        candidates = [r for r in self.active if id(r) in runnable]
+        groups = (
+            [candidates]
+            if parity is None
+            else [[r for r in candidates if r.seq % 2 == p] for p in (parity, 1 - parity)]
+        )
+        for group in groups:
+            room, free = self._deal(group, runnable, taken, room, free)
+        plan = []
+        for req in candidates:
+            rows = runnable[id(req)][: taken[id(req)]]
+            if len(rows):
+                new = rows[req.slot[rows] < 0]
                 req.slot[new] = [self.free_slots.popleft() for _ in range(len(new))]
-                taken[id(req)] = np.concatenate((mine, order))
-                room -= len(order)
-        return [(req, taken[id(req)]) for req in self.active if len(taken.get(id(req), ()))]
+                plan.append((req, rows))
+        return plan
+
+    @staticmethod
+    def _deal(requests: list[Request], runnable: dict, taken: dict, room: int, free: int) -> tuple[int, int]:
+        """Deal up to `room` rows one at a time: round-robin over tenants, within a tenant over its requests (oldest
+        first), skipping a request once it can use no more rows (`free`: carry slots left for new rows)."""
+        turns: dict[str, deque[Request]] = {}
+        for req in requests:
+            turns.setdefault(req.tenant, deque()).append(req)
+        while room and turns:
+            for tenant in list(turns):
+                queue = turns[tenant]
+                while queue:
+                    req = queue.popleft()
+                    order, n = runnable[id(req)], taken[id(req)]
+                    needs_slot = req.slot[order[n]] < 0
+                    if needs_slot and not free:
+                        continue
+                    free -= needs_slot
+                    taken[id(req)], room = n + 1, room - 1
+                    if n + 1 < len(order):
+                        queue.append(req)
+                    break
+                if not queue:
+                    del turns[tenant]
+                if not room:
+                    break
+        return room, free
 
     def free_rows(self, req: Request, rows: np.ndarray) -> None:
         for row in rows:

@@ -135,6 +135,19 @@ async function* sse(body) {
   }
 }
 
+// A service with API keys answers 401: ask for the key once and keep it for this tab only (sessionStorage).
+async function api(path, options = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const key = sessionStorage.getItem("trm-api-key");
+    const headers = { ...(options.headers || {}), ...(key ? { authorization: `Bearer ${key}` } : {}) };
+    const response = await fetch(path, { ...options, headers });
+    if (response.status !== 401 || attempt > 0) return response;
+    const given = window.prompt(key ? "That API key was refused. API key:" : "This service needs an API key:");
+    if (!given) return response;
+    sessionStorage.setItem("trm-api-key", given.trim());
+  }
+}
+
 async function stream(path, body, onProgress, onResult) {
   controller = new AbortController();
   busy(true);
@@ -143,7 +156,7 @@ async function stream(path, body, onProgress, onResult) {
   const started = performance.now();
   let events = 0;
   try {
-    const response = await fetch(path, {
+    const response = await api(path, {
       method: "POST",
       headers: { "content-type": "application/json", accept: "text/event-stream" },
       body: JSON.stringify({ ...body, stream: true }),
@@ -307,7 +320,7 @@ async function init() {
   paint(parsePuzzle($("puzzle").value), parsePuzzle($("puzzle").value).map((v) => v > 0));
   busy(false);
   try {
-    const models = (await (await fetch("v1/models")).json()).data;
+    const models = (await (await api("v1/models")).json()).data;
     const solver = models.find((m) => m.role === "solver");
     $("model").textContent = models.map((m) => `${m.id} (${m.role})`).join(", ");
     if (solver && solver.defaults) $("steps").value = solver.defaults.steps;
