@@ -115,7 +115,7 @@ def test_sudoku_refuses_arc_fields(client):
     r = client.post("/solve", json={"puzzle": "1" * 81, "name": "e0000003"})
     assert r.status_code == 422 and "`name` and `test_index` are for ARC" in error_of(r)["message"]
     r = client.post("/solve", json={"task": "sudoku"})
-    assert r.status_code == 422 and "puzzle: field required" in error_of(r)["message"]
+    assert r.status_code == 422 and "puzzle: Field required" in error_of(r)["message"]
 
 
 def test_streaming_shows_the_vote_as_it_forms(arc_ckpt):
