@@ -1,5 +1,5 @@
 """A fixed-pace runner for the timing tests (issue 28): the real Runner's interface, with every step of n rows
-taking n x ROW_S seconds (a sleep, so the machine's load barely moves it) and answering a fixed rule-breaking grid
+taking a fixed time (a sleep, so the machine's load barely moves it) and answering a fixed rule-breaking grid
 with q = -5 (no row verifies or is confident: every request runs its full budget). Admission, deadlines, bursts and
 drains then play out the same way on an idle and on a loaded machine.
 
@@ -14,14 +14,18 @@ import numpy as np
 from engine.runtime import Runner
 from engine.runtime.runner import StepResult
 
-ROW_S = 0.005  # seconds per row-step: a step of the small test batch (8 rows) takes 40 ms, far above host work
-
 
 class PacedRunner(Runner):
+    # A step of n rows takes step_s + n x row_s seconds. The default is a CPU's pace (time grows with the rows: a step
+    # of the small test batch, 8 rows, takes 40 ms, far above host work); row_s = 0 with step_s > 0 is a GPU's.
+    row_s = 0.005
+    step_s = 0.0
+
     def launch(self, batch):
-        # steps queue one after another, as on a device: this one is ready n x ROW_S after the later of now and the
-        # previous one's end
-        self._ready = max(time.perf_counter(), getattr(self, "_ready", 0.0)) + len(batch.slots) * ROW_S
+        # steps queue one after another, as on a device: this one is ready a step's time after the later of now and
+        # the previous one's end
+        cost = self.step_s + len(batch.slots) * self.row_s
+        self._ready = max(time.perf_counter(), getattr(self, "_ready", 0.0)) + cost
         return batch, self._ready
 
     def collect(self, launched) -> StepResult:
