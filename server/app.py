@@ -361,10 +361,17 @@ async def _generate(
     # Unlike /solve (an answer should not change between calls), a generator without a seed gives new items each call
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
+    deadline = time.monotonic() + timeout
 
     async def search(puzzle, p, sample):
         return await _search(engine, puzzle, p, request, key, watch, sample)
 
+    grader = _grader(models, engine.task.name, request, key, deadline) if body.kind == "puzzle" else None
+    hard = body.difficulty == "hard"
+    if hard and (body.kind != "puzzle" or grader is None):
+        raise ApiError(422, "invalid_request", "difficulty 'hard' grades puzzles (kind 'puzzle') with a loaded solver")
+    # "hard" wants few givens: minimal puzzles unless a clue count was asked for
+    clues = None if body.minimal or (hard and "clues" not in body.model_fields_set) else body.clues
     try:
         out = await generation.generate(
             search,
@@ -372,11 +379,13 @@ async def _generate(
             params,
             body.count,
             body.kind,
-            None if body.minimal else body.clues,
+            clues,
             seed,
             body.max_samples or settings.max_generate_samples,
             settings.generate_batch,
-            time.monotonic() + timeout,
+            deadline,
+            grader,
+            hard,
         )
     except (Overloaded, TooLarge, EngineStopped) as e:
         metrics.rejections.labels(engine.name, _reason(e)).inc()
@@ -399,6 +408,19 @@ async def _generate(
         request_id=request.state.request_id,
         timing_s=time.perf_counter() - start,
     )
+
+
+def _grader(models: Models, task: str, request: Request, key: Key | None, deadline: float):
+    """Grades /generate's puzzles on the first solver of the task (None when none is loaded)."""
+    solver = next((s for s in models.solvers.values() if s.task.name == task), None)
+    if solver is None:
+        return None
+
+    async def solve(puzzle, params):
+        left = max(deadline - time.monotonic(), 1e-3)
+        return await _search(solver, puzzle, params.replace(timeout_s=left), request, key, None)
+
+    return generation.Grader(solve, solver.defaults)
 
 
 def _generator(models: Models, body) -> tuple[Solver, str]:

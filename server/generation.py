@@ -10,6 +10,11 @@ Two methods, both requests on an engine (batched with other traffic, with its de
 Grid i of a request draws with seed row_seed(seed, i), so the same seed gives the same items (a request without one
 gets a fresh seed: server/app.py); grids are drawn in rounds until `count` valid distinct ones are found, the sample
 budget is spent or the deadline passes. Puzzles are carved from the grids by the task layer (engine/tasks/carve.py).
+
+Every puzzle is graded by the solver it would meet (`grade`): whether one plain row (K = 1) solves it, and the
+row-steps the default search needs. `difficulty: "hard"` keeps only puzzles one row fails and the search solves,
+carving up to HARD_TRIES minimal puzzles per grid (fewer givens, more of them hard) and running the full search only
+on those one row failed.
 """
 
 from __future__ import annotations
@@ -31,8 +36,27 @@ from engine.tasks.carve import carve, is_minimal, minimal_puzzle
 # hundreds, so low clue counts are worth many (engine/tasks/carve.py: 256 find 22 givens on almost every grid and 21 on
 # about half)
 PUZZLE_TRIES = 256
+HARD_TRIES = 8  # minimal puzzles carved and graded per grid for difficulty "hard"
 
 Search = Callable[[np.ndarray, SearchParams, int], Awaitable[SearchResult]]  # (puzzle, params, sample index)
+Solve = Callable[[np.ndarray, SearchParams], Awaitable[SearchResult]]  # a search on the solver engine
+
+
+@dataclass(frozen=True)
+class Grader:
+    """Grades a puzzle with the solver: one plain row (K = 1, no noise), then the solver's default search."""
+
+    solve: Solve
+    defaults: SearchParams
+
+    async def one_row(self, puzzle: np.ndarray) -> bool:
+        plain = self.defaults.replace(rollouts=1, noise=0.0, waves=1, early_exit="verified", strategy="rollouts")
+        return bool((await self.solve(puzzle, plain.replace(diversity="none"))).verified)
+
+    async def grade(self, puzzle: np.ndarray, one_row: bool | None = None) -> dict:
+        one_row = await self.one_row(puzzle) if one_row is None else one_row
+        full = await self.solve(puzzle, self.defaults)
+        return {"one_row": one_row, "solved": bool(full.verified), "row_steps": full.row_steps}
 
 
 @dataclass
@@ -55,6 +79,8 @@ async def generate(
     max_samples: int,
     batch: int,
     deadline: float,
+    grader: Grader | None = None,
+    hard: bool = False,
 ) -> Outcome:
     out = Outcome()
     seen: set[bytes] = set()
@@ -88,7 +114,7 @@ async def generate(
             key = r.answer.tobytes()
             if key in seen or len(out.items) >= count:
                 continue
-            item = await asyncio.to_thread(_item, task, r.answer, kind, clues, rng)  # carving: off the event loop
+            item = await _item(task, r.answer, kind, clues, rng, grader, hard)
             if item is not None:
                 seen.add(key)
                 out.items.append(item)
@@ -103,21 +129,41 @@ async def generate(
     return out
 
 
-def _item(task: Task, grid: np.ndarray, kind: str, clues: int | None, rng: np.random.Generator) -> dict | None:
+async def _item(
+    task: Task,
+    grid: np.ndarray,
+    kind: str,
+    clues: int | None,
+    rng: np.random.Generator,
+    grader: Grader | None,
+    hard: bool,
+) -> dict | None:
     item = {"grid": task.decode(grid), "text": task.to_text(grid), "valid": True}
     if kind == "grid":
         return item
-    puzzle = make_puzzle(grid, clues, rng)
-    if puzzle is None:
-        return None
-    item.update(
-        puzzle=task.to_text(puzzle),
-        puzzle_grid=task.decode(puzzle),
-        clues=int((puzzle != task.blank).sum()),
-        unique=True,
-        minimal=is_minimal(puzzle),
-    )
-    return item
+    for _ in range(HARD_TRIES if hard else 1):
+        puzzle = await asyncio.to_thread(make_puzzle, grid, clues, rng)  # carving: off the event loop
+        if puzzle is None:
+            return None
+        difficulty = None
+        if hard:
+            if await grader.one_row(puzzle):
+                continue  # one row solves it: not hard
+            difficulty = await grader.grade(puzzle, one_row=False)
+            if not difficulty["solved"]:
+                continue  # nobody solves it: not a puzzle to hand out as hard
+        elif grader is not None:
+            difficulty = await grader.grade(puzzle)
+        item.update(
+            puzzle=task.to_text(puzzle),
+            puzzle_grid=task.decode(puzzle),
+            clues=int((puzzle != task.blank).sum()),
+            unique=True,
+            minimal=is_minimal(puzzle),
+            difficulty=difficulty,
+        )
+        return item
+    return None
 
 
 def make_puzzle(

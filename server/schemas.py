@@ -118,6 +118,11 @@ def build_requests(s: Settings) -> RequestModels:
             description="omitted: a fresh random seed, returned as `seed` (new items every call); "
             "send it back to replay the same items",
         )
+        difficulty: Literal["any", "hard"] = Field(
+            "any",
+            description="kind=puzzle: 'hard' keeps only puzzles that one plain row of the solver fails and its default "
+            "search solves (minimal puzzles unless `clues` is given); every puzzle carries its measured `difficulty`",
+        )
         max_samples: int | None = Field(
             None,
             ge=1,
@@ -182,6 +187,12 @@ class SolveResponse(BaseModel):
     timing: Timing
 
 
+class Difficulty(BaseModel):
+    one_row: bool = Field(description="one plain row of the solver (K = 1, no noise) solves it")
+    solved: bool = Field(description="the solver's default search solves it")
+    row_steps: int = Field(description="row-steps the default search spent on it")
+
+
 class GeneratedItem(BaseModel):
     grid: list[list[int]] = Field(description="a complete grid, checked by the rule verifier")
     text: str
@@ -193,6 +204,7 @@ class GeneratedItem(BaseModel):
     minimal: bool | None = Field(
         None, description="kind=puzzle: no given can be removed without losing uniqueness (each checked by the solver)"
     )
+    difficulty: Difficulty | None = Field(None, description="kind=puzzle: measured by the loaded solver")
 
 
 class GenerateResponse(BaseModel):

@@ -55,3 +55,29 @@ def test_shipped_solver_needs_the_search_over_symmetries_for_famous_hard_puzzles
         eval_main([*files, *search, "--json", str(tmp_path / "r.json")])
         solved[name] = json.loads((tmp_path / "r.json").read_text())["exact_accuracy"]
     assert solved["one row"] < 1 and solved["search"] == 1
+
+
+def test_generate_hard_puzzles_graded_by_the_shipped_solver_and_the_grade_replays():
+    """Issue 26: `difficulty: "hard"` puzzles from the shipped fill model and solver: one plain row fails, the default
+    search solves, and /solve run again on the puzzle gives the same grade (one row, search, row-steps)."""
+    from fastapi.testclient import TestClient
+    from live import wait_ready
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    names = [str(SHIPPED), str(SHIPPED.parent / "sudoku-trm-fill")]
+    with TestClient(create_app(Settings(checkpoints=names, threads=1))) as c:
+        wait_ready(c, 120)
+        r = c.post("/generate", json={"count": 1, "kind": "puzzle", "difficulty": "hard", "seed": 3, "timeout_s": 300})
+        assert r.status_code == 200, r.text
+        [item] = r.json()["items"]
+        grade = item["difficulty"]
+        assert item["minimal"] and not grade["one_row"] and grade["solved"] and grade["row_steps"] > 0
+        plain = {"rollouts": 1, "noise": 0.0, "waves": 1, "early_exit": "verified", "strategy": "rollouts"}
+        one = c.post("/solve", json={"puzzle": item["puzzle"], "search": {**plain, "diversity": "none"}}).json()
+        full = c.post("/solve", json={"puzzle": item["puzzle"], "timeout_s": 300}).json()
+        assert one["verified"] is False and full["verified"] is True and full["row_steps"] == grade["row_steps"]
+        assert full["solution"] == item["text"]  # the unique solution is the grid it was carved from
+        easy = c.post("/generate", json={"count": 1, "kind": "puzzle", "clues": 40, "seed": 3}).json()["items"][0]
+        assert easy["difficulty"]["one_row"] and easy["difficulty"]["solved"]  # 40 givens: one row is enough
