@@ -137,3 +137,73 @@ def test_cli_reads_a_puzzle_file_and_draws_even_a_wrong_grid(tmp_path):
     wrong = [[1] * 9] * 9  # nine 1s per row: the codec refuses it, the picture still shows it
     picture = render("sudoku", wrong)
     assert picture.splitlines()[0] == "1 1 1 | 1 1 1 | 1 1 1" and "------+-------+------" in picture
+
+
+def test_cli_flags_reach_the_request_bodies_and_the_server_takes_them(client, monkeypatch, tmp_path, capsys):
+    """`engine-client`'s documented flags (`--help`, README) become the request it sends: the body of /solve and
+    /generate, the URL, timeout and retries of the client. The requests go to the app on a tiny checkpoint (the
+    `client` fixture), which must accept them."""
+    import clients.cli as cli
+
+    seen, made = [], []
+
+    def forward(request):
+        seen.append(request)
+        r = client.request(
+            request.method, request.url.path, content=request.content, headers={"content-type": "application/json"}
+        )
+        return httpx.Response(r.status_code, content=r.content, headers={"content-type": r.headers["content-type"]})
+
+    def recording_client(url, **kwargs):
+        made.append((url, kwargs))
+        return Client(url, transport=httpx.MockTransport(forward), **kwargs)
+
+    monkeypatch.setattr(cli, "Client", recording_client)
+    top = ["--url", "http://svc:9", "--timeout", "30", "--retries", "0", "--json"]
+    cli.main(
+        [*top, "solve", PUZZLE, "--task", "sudoku", "--model", "tiny", "--rollouts", "2", "--steps", "1"]
+        + ["--noise", "0.5", "--selector", "vote", "--seed", "3", "--early-exit", "verified", "--strategy", "rollouts"]
+        + ["--diversity", "both", "--max-nodes", "7", "--timeout-s", "9"]
+    )
+    assert made[0][0] == "http://svc:9" and made[0][1]["timeout"] == 30 and made[0][1]["max_retries"] == 0
+    assert seen[-1].url.path == "/solve" and json.loads(seen[-1].content) == {
+        "puzzle": PUZZLE,
+        "task": "sudoku",
+        "model": "tiny",
+        "timeout_s": 9,
+        "search": {
+            "rollouts": 2,
+            "steps": 1,
+            "noise": 0.5,
+            "selector": "vote",
+            "seed": 3,
+            "early_exit": "verified",
+            "strategy": "rollouts",
+            "diversity": "both",
+            "max_nodes": 7,
+        },
+    }
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["rollouts"] == 2 and answer["selector"] == "vote" and answer["model"] == "tiny"
+
+    f = tmp_path / "p.txt"
+    f.write_text("# the README puzzle\n" + PUZZLE + "\n")
+    cli.main([*top, "solve", "--file", str(f), "--strategy", "commit", "--max-nodes", "5", "--steps", "1"])
+    assert json.loads(seen[-1].content) == {
+        "puzzle": PUZZLE,
+        "search": {"steps": 1, "strategy": "commit", "max_nodes": 5},
+    }
+    assert json.loads(capsys.readouterr().out)["strategy"] == "commit"
+
+    cli.main([*top, "generate", "--count", "2", "--kind", "puzzle", "--clues", "30", "--seed", "1", "--model", "tiny"])
+    assert seen[-1].url.path == "/generate"
+    assert json.loads(seen[-1].content) == {"count": 2, "kind": "puzzle", "clues": 30, "seed": 1, "model": "tiny"}
+    body = json.loads(capsys.readouterr().out)
+    assert body["seed"] == 1 and all(item["clues"] == 30 for item in body["items"])
+    cli.main([*top, "generate", "--method", "commit"])
+    assert json.loads(seen[-1].content) == {"count": 1, "kind": "grid", "method": "commit"}
+    capsys.readouterr()
+
+    cli.main([*top, "models"])
+    assert seen[-1].url.path == "/v1/models" and seen[-1].method == "GET"
+    assert json.loads(capsys.readouterr().out)[0]["id"] == "tiny"  # client.models(): the list

@@ -127,12 +127,19 @@ def _run(engine, *requests):
     return [r.future.result() for r in requests]
 
 
+# A solvable hard puzzle the rule mask alone does not fill (generate_puzzles(1, default_rng(1), clues=(22, 26),
+# min_guesses=3)): commit search expands several nodes and backtracks (the README puzzle needs no node at all).
+HARD = SUDOKU.encode("..54.....8....2...2...71..6..85..1.36.4....8....8.....4...2.7......6...8...9..23.")
+
+
 def test_commit_search_through_the_engine_is_deterministic_alone_and_batched(engine):
     params = SearchParams(rollouts=3, steps=2, strategy="commit", diversity="augment", max_nodes=200, seed=4)
-    alone = _run(engine, Request(SUDOKU, PUZZLE, params))[0]
+    alone = _run(engine, Request(SUDOKU, HARD, params))[0]
+    assert alone.nodes > 1 and alone.backtracks >= 1  # a real search: nodes expanded, a dead end backed out of
     others = [Request(SUDOKU, PUZZLE, params.replace(seed=s, strategy="rollouts")) for s in range(3)]
-    mixed = _run(engine, *others[:2], Request(SUDOKU, PUZZLE, params), others[2])[2]
+    mixed = _run(engine, *others[:2], Request(SUDOKU, HARD, params), others[2])[2]
     assert (alone.answer == mixed.answer).all() and alone.nodes == mixed.nodes and alone.row_steps == mixed.row_steps
+    assert alone.backtracks == mixed.backtracks
     assert alone.verified and alone.finish in ("verified", "filled")  # the mask plus DFS completes even a random net
     assert alone.row_steps == alone.nodes * 3 * 2 or alone.finish == "verified"
 
@@ -201,3 +208,56 @@ def test_restart_on_a_dead_end_starts_again_from_the_puzzle(monkeypatch):
         assert (final.answer == solution).all()
     _, stopped = _solve(puzzle, other, sure=0.95, backtrack="off")
     assert stopped.finish == "dead_end"
+
+
+def test_max_row_steps_stops_the_search_at_its_budget(engine):
+    """A search that would expand many nodes stops before a node whose K x D row-steps would pass the cap: finish
+    "budget", the row-steps within the cap, the best row's answer returned."""
+    params = SearchParams(rollouts=2, steps=2, strategy="commit", max_nodes=200, seed=4)
+    free = _run(engine, Request(SUDOKU, HARD, params))[0]
+    assert free.nodes > 3 and free.row_steps > 10  # without the cap it goes further
+    capped = _run(engine, Request(SUDOKU, HARD, params.replace(max_row_steps=10)))[0]
+    assert capped.finish == "budget" and capped.row_steps <= 10
+    assert capped.nodes == 2 and capped.row_steps == 8  # a third node (12 row-steps) would pass the cap
+    assert not capped.verified  # a random net's best row breaks the rules
+
+
+def test_width_caps_the_values_tried_per_branch():
+    """width 1: a branch tries only the most probable value, so a wrong belief cannot be backed out of; the default
+    (every legal value) and width 2 find the solution. The first node's branch has exactly `width` children."""
+    puzzles, solutions = generate_puzzles(1, np.random.default_rng(3), clues=(22, 26), min_guesses=5)
+    puzzle, solution = puzzles[0].astype(np.int64), solutions[0].astype(np.int64)
+    other = random_grids(1, np.random.default_rng(7))[0].astype(np.int64)  # a valid grid, but not the solution
+    for width in (None, 2):
+        search, final = _solve(puzzle, other, sure=0.3, width=width, max_nodes=500)
+        assert final.finish == "filled" and (final.answer == solution).all() and search.nodes == 10
+    search, final = _solve(puzzle, other, sure=0.3, width=1, max_nodes=500)
+    assert final.finish == "exhausted" and search.nodes == 2 and not (final.answer == solution).all()
+    children = {}
+    for width in (None, 1, 2):
+        search = CommitSearch(SUDOKU, puzzle, SearchParams(rollouts=2, strategy="commit", width=width))
+        search.expanded(*Stub(other, 0.3).rows(search.start()))
+        first = search.stack[0]  # the puzzle's node: no cell reaches the threshold, so only the branch's values
+        children[width] = first.tried + len(first.choices)
+    assert children == {None: 2, 1: 1, 2: 2}  # the branch cell has two legal values
+
+
+def test_order_picks_the_branch_cell_by_margin_or_by_max_probability():
+    """On the empty grid no cell is forced or sure; cell 0 has the larger top probability (0.6 vs 0.4), cell 80 the
+    larger margin over its runner-up (0.5 - 0.0625 vs 0.6 - 0.4): order "margin" branches on 80, "max" on 0."""
+    empty = np.ones(81, np.int64)
+    p = np.zeros((81, 11))
+    p[:, 2:] = 1 / 9
+    p[0, 2:] = 0
+    p[0, 2], p[0, 3] = 0.6, 0.4
+    p[80, 2:] = 0.5 / 8
+    p[80, 2] = 0.5
+    probs, answers = np.broadcast_to(p, (2, 81, 11)).copy(), np.full((2, 81), 2)
+    filled = {}
+    for order in ("margin", "max"):
+        search = CommitSearch(SUDOKU, empty, SearchParams(rollouts=2, strategy="commit", order=order))
+        assert (search.start() == empty).all()
+        grid = search.expanded(answers, probs, np.zeros(2))
+        filled[order] = np.flatnonzero(grid != SUDOKU.blank).tolist()
+        assert grid[filled[order][0]] == 2  # the cell's most probable value first
+    assert filled == {"margin": [80], "max": [0]}

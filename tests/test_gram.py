@@ -272,3 +272,33 @@ def test_shipped_gram_checkpoints_load_and_sample(name, unconditional):
     assert ckpt.config.unconditional is unconditional
     samples = sample_grids(ckpt.model, 2, seed=0, steps=2)
     assert samples.shape == (2, 81) and ((samples >= 2) & (samples <= 10)).all()
+
+
+def test_shipped_gram_solver_meets_its_card_on_fresh_easy_puzzles():
+    """The shipped solver's one-sample accuracy (K = 1, prior noise, seed 0, all N_sup steps, through the search
+    engine as engine-eval runs it) on 100 fresh generated puzzles of the CARD's kind (30-45 clues; seed 1, not the
+    CARD's 12345, so an independent sample) lies within 3 binomial standard errors of the CARD's number. A broken
+    sampler (eps not drawn from the prior, the prior misplaced, the noise scaled wrong) solves nothing. Measured here:
+    83/100 (the CARD's own 100 puzzles give exactly its 88/100); about 15 s on one CPU thread."""
+    import re
+
+    from engine.eval import new_engine, search_all
+    from engine.runtime.runner import Runner
+    from engine.search import SearchParams
+    from engine.train.data import generate_puzzles
+
+    name = SHIPPED / "sudoku-gram"
+    if not name.is_dir():
+        pytest.skip("sudoku-gram not shipped in this checkout")
+    card = (name / "CARD.md").read_text()
+    row = re.search(r"^\| generated, 30-45 clues \(seed 12345, first 100\) \| 100 \| \*\*([\d.]+)%\*\*", card, re.M)
+    assert row, "the CARD's K = 1 row on generated 30-45 clue puzzles"
+    claimed, n = float(row.group(1)) / 100, 100
+    puzzles, solutions = generate_puzzles(n, np.random.default_rng(1), clues=(30, 45))
+    ckpt = load_checkpoint(name)
+    params = SearchParams(rollouts=1, steps=ckpt.config.halt_max_steps, seed=0)
+    engine = new_engine(Runner(ckpt.model, max_batch=128), get_task("sudoku"), n, params)
+    answers = np.stack([r.answer for r in search_all(engine, puzzles, params, progress=False)])
+    solved = int((answers == solutions).all(1).sum())
+    band = 3 * np.sqrt(claimed * (1 - claimed) / n)
+    assert abs(solved / n - claimed) <= band, f"{solved}/{n} solved, the CARD says {claimed:.0%} (+-{band:.1%})"

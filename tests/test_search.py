@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+import kernels
 from engine.search import Rows, SearchParams, default_params, run_rollouts, select
 from engine.tasks import get_task
 
@@ -34,12 +35,44 @@ def test_noise_makes_rows_differ_and_a_seed_repeats_them(tiny_model):
     np.testing.assert_allclose(wide["q"][:4], a["q"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("target", ["z", "y", "both"])
-def test_noise_targets(target, tiny_model):
+def _moved_rollouts(model, x, params: SearchParams, moved: tuple[str, ...]) -> dict:
+    """The noisy search by hand: before every step, the states named in `moved` ("z" = z_L, "y" = z_H) get
+    sigma * N(0, 1) from their own counter stream (STREAM_Z, STREAM_Y), then the clean step runs."""
+    from engine.models import Carry
+    from engine.search.rollouts import row_seeds
+
+    K = params.rollouts
+    inputs, pids = torch.as_tensor(x).expand(K, -1), torch.zeros(K, dtype=torch.long)
+    seeds, sigma = torch.tensor(row_seeds(params.seed, range(K))), torch.full((K,), params.noise)
+    carry = model.initial_carry(K)
+    with torch.no_grad():
+        for d in range(params.steps):
+            steps = torch.full((K,), d, dtype=torch.long)
+            z_H, z_L = carry.z_H, carry.z_L
+            if "y" in moved:
+                z_H = kernels.reference.add_noise(z_H, sigma, seeds, steps, kernels.STREAM_Y)
+            if "z" in moved:
+                z_L = kernels.reference.add_noise(z_L, sigma, seeds, steps, kernels.STREAM_Z)
+            carry, logits, q = model.step(Carry(z_H, z_L), inputs, pids)
+    return {"answers": logits.argmax(-1).numpy(), "q": q[:, 0].numpy()}
+
+
+@pytest.mark.parametrize(
+    "target, moved, unmoved",
+    [("z", ("z",), ("y",)), ("y", ("y",), ("z",)), ("both", ("z", "y"), ("z",))],
+)
+def test_noise_targets(target, moved, unmoved, tiny_model):
+    """noise_target picks WHICH state moves: z = z_L (the paper's), y = z_H (the answer state) or both; the search
+    equals the clean step run from the states moved by hand, and not from the other choice."""
     model, x = tiny_model, puzzle()
+    params = SearchParams(rollouts=2, steps=2, noise=0.5, noise_target=target, seed=3)
     clean = run_rollouts(model, x, SearchParams(rollouts=2, steps=2))
-    noisy = run_rollouts(model, x, SearchParams(rollouts=2, steps=2, noise=0.5, noise_target=target))
+    noisy = run_rollouts(model, x, params)
     assert not np.array_equal(clean["q"], noisy["q"])
+    expected, other = _moved_rollouts(model, x, params, moved), _moved_rollouts(model, x, params, unmoved)
+    np.testing.assert_allclose(noisy["q"], expected["q"], rtol=1e-5, atol=1e-5)
+    assert np.array_equal(noisy["answers"], expected["answers"])
+    assert np.abs(other["q"] - expected["q"]).max() > 1e-3  # the check tells the targets apart
 
 
 def rows(answers, q, verified=None, **kw) -> Rows:

@@ -151,6 +151,35 @@ def test_models_lists_solvers_with_runner_defaults_and_selectors(client):
     assert m["defaults"]["selectors"] == ["q", "verifier", "vote"]
 
 
+@pytest.mark.filterwarnings("ignore:Triton kernel launch failed")
+def test_models_names_the_kernel_fallback_after_a_failed_fused_launch(client, monkeypatch):
+    """As if on a GPU whose fused kernels cannot launch (a slim image without a C compiler): a /solve step tries the
+    fused path, the launch fails, the torch references answer, and /v1/models says why (`kernels_fallback`, None
+    while the kernels never failed)."""
+    import kernels
+
+    (m,) = client.get("/v1/models").json()["data"]
+    assert m["kernels_fallback"] is None and m["kernels"] == "torch"
+    monkeypatch.setattr(kernels, "_failed", None)
+    monkeypatch.setattr(kernels, "backend", lambda device: "torch" if kernels._failed else "triton")
+
+    def broken(*args):
+        raise RuntimeError("failed to build the Triton driver: no C compiler")
+
+    for op in ("inject", "add_rms_norm", "swiglu", "standard_normal"):
+        monkeypatch.setattr(torch.ops.trm, op, broken, raising=False)
+    (m,) = client.get("/v1/models").json()["data"]
+    assert m["kernels"] == "triton" and m["kernels_fallback"] is None  # nothing has failed yet
+    r = client.post("/solve", json={"puzzle": PUZZLE, "search": {"rollouts": 1, "steps": 1}})
+    assert r.status_code == 200  # the references served the step
+    (m,) = client.get("/v1/models").json()["data"]
+    assert m["kernels"] == "torch" and m["kernels_fallback"].startswith("Triton kernel launch failed")
+    assert "no C compiler" in m["kernels_fallback"]
+    monkeypatch.undo()
+    (m,) = client.get("/v1/models").json()["data"]
+    assert m["kernels_fallback"] is None  # cleared with the module state
+
+
 # -- /solve ------------------------------------------------------------------------------------------------------------
 
 
@@ -417,6 +446,25 @@ def test_generate_grids_by_commit_decoding_through_the_engine(client):
     text = client.get("/metrics").text
     assert metric(text, "trm_generate_items_total", model="tiny", kind="grid") == 9
     assert metric(text, "trm_supervision_steps_total", model="tiny") >= body["row_steps"]  # it ran on the engine
+
+
+def test_generate_temperature_zero_decodes_one_grid_whatever_the_seed(client):
+    """Commit decoding at temperature 0 takes each branch cell's most probable value: every sample of every seed is
+    the same grid (one row, identity symmetry), so it never finds a second distinct one; at temperature 1 the values
+    are sampled and one request finds two."""
+    cold = [
+        client.post(
+            "/generate", json={"count": 2, "kind": "grid", "seed": seed, "temperature": 0, "max_samples": 2}
+        ).json()
+        for seed in (1, 2)
+    ]
+    for body in cold:
+        assert body["sampled"] == body["valid"] == 2 and body["distinct"] == 0.5
+        assert not body["complete"] and len(body["items"]) == 1
+    assert cold[0]["items"][0]["text"] == cold[1]["items"][0]["text"]
+    hot = client.post("/generate", json={"count": 2, "kind": "grid", "seed": 1, "temperature": 1, "max_samples": 3})
+    body = hot.json()
+    assert body["complete"] and body["distinct"] == 1.0 and len({i["text"] for i in body["items"]}) == 2
 
 
 def test_generate_puzzles_have_the_clue_count_and_a_proven_unique_solution(client):

@@ -221,6 +221,36 @@ def test_cli_refuses_to_overwrite_or_resume_nothing(tmp_path):
         main(["--out", str(tmp_path), "--generate", "50", "--dev-size", "5"])
 
 
+def test_cli_documented_flags_reach_the_config_and_the_trainer(tmp_path):
+    """The README's ablation and budget flags land in the TrainConfig engine-train builds, and the Trainer built from
+    it (model shape, optimizer, EMA, loss) uses them: no training step runs."""
+    from engine.train.cli import build_config, load_data, parse_args
+
+    argv = ["--preset", "tiny", "--out", str(tmp_path / "run"), "--generate", "40", "--clues", "30", "40"]
+    argv += ["--dev-size", "8", "--lr", "0.003", "--weight-decay", "0.25", "--H-cycles", "3", "--L-cycles", "1"]
+    argv += ["--hidden-size", "32", "--no-ema", "--loss", "softmax", "--batch-size", "12", "--steps", "77"]
+    argv += ["--group", "3", "--minutes", "1.5", "--warmup-steps", "9", "--seed", "5", "--eval-every", "7"]
+    argv += ["--save-every", "11", "--eval-limit", "4", "--ema-decay", "0.9"]
+    args = parse_args(argv)
+    cfg = build_config(args)
+    expected = dict(lr=0.003, weight_decay=0.25, ema=False, loss="softmax", global_batch_size=12, steps=77, group=3)
+    expected.update(minutes=1.5, warmup_steps=9, seed=5, eval_every=7, save_every=11, eval_limit=4, ema_decay=0.9)
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert cfg.model_overrides == {"H_cycles": 3, "L_cycles": 1, "hidden_size": 32, "puzzle_emb_ndim": 32}
+    assert cfg.data["generate"] == 40 and cfg.data["clues"] == [30, 40] and cfg.data["dev_size"] == 8
+    defaults = build_config(parse_args(["--preset", "tiny", "--out", str(tmp_path / "plain")]))
+    assert all(getattr(defaults, k) != v for k, v in expected.items())  # each flag changed something
+    assert defaults.model_overrides == {}
+
+    train, dev, _ = load_data(args, cfg.seed)
+    trainer = Trainer(cfg, "sudoku", train, dev, tmp_path / "run")
+    c = trainer.model.config
+    assert (c.H_cycles, c.L_cycles, c.hidden_size) == (3, 1, 32) and trainer.ema is None
+    group = trainer.opt.param_groups[0]
+    assert group["lr"] == 0.003 and group["weight_decay"] == 0.25
+    assert trainer.inputs.shape[0] == 12 and len(dev[0]) == 8
+
+
 def test_resume_takes_the_run_data_flags_and_refuses_different_ones(tmp_path):
     from engine.train.cli import build_config, parse_args, restore_data
 

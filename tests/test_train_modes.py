@@ -78,8 +78,16 @@ def _write(prefix, inputs, labels):
 
 
 def test_init_from_loads_the_weights_and_the_split_keeps_dev_puzzles_out(tmp_path, data):
+    # The trainer seeds 0 and builds the same tiny model, so the start checkpoint must differ from that build: another
+    # seed, and every weight nudged (the constant-initialised ones too), or a run that ignores --init-from would pass.
     torch.manual_seed(0)
-    start = save_checkpoint(tmp_path / "start", TRM(preset("sudoku-tiny")), "sudoku")
+    fresh = TRM(preset("sudoku-tiny")).state_dict()
+    torch.manual_seed(1234)
+    model = TRM(preset("sudoku-tiny"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.25 * torch.randn_like(p).sign())  # every element moves by 0.25
+    start = save_checkpoint(tmp_path / "start", model, "sudoku")
     inputs, labels = data
     puzzles, solutions = _write(tmp_path / "p", inputs, labels)
     args = ["--preset", "tiny", "--puzzles", str(puzzles), "--solutions", str(solutions), "--dev-size", "10"]
@@ -93,6 +101,9 @@ def test_init_from_loads_the_weights_and_the_split_keeps_dev_puzzles_out(tmp_pat
     )
     # one step of EMA 0.999 from the loaded weights: close to them, unlike a fresh init
     assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-2) for k in before)
+    # and far from what seed 0 builds: the start really is another model (every tensor, not only the random ones)
+    for k in before:
+        assert (after[k].float() - fresh[k].float()).abs().max() > 0.1, k
     data_line = ckpt.meta["training"]["data"]
     assert "with 0-20 extra clues (share 0.7)" in data_line and "infilling" in data_line
     assert "held out: the last 10 of p.txt" in data_line
