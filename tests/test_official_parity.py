@@ -13,9 +13,9 @@ on a fixed batch, in float32 and bfloat16. They were made once by hand with the 
 Here each is converted with engine-convert, loaded with load_checkpoint, stepped by the project's TRM and compared.
 
 The bits depend on the kernels torch picks for the CPU (vector width, MKL's code path, oneDNN's bf16 matmuls), so the
-fixtures were computed with kernels that give the same bits on any x86-64 CPU (`numerics_env` in the fixtures'
-metadata), and the bit-exact comparison recomputes the project's side with the same ones, in a subprocess (they must
-be set before torch loads). This process's own kernels are compared too, within a tolerance.
+fixtures were computed with kernels that give the same bits on any x86-64 CPU (`numerics_env` in the `provenance`
+metadata of forward.safetensors), and the bit-exact comparison recomputes the project's side with the same ones, in a
+subprocess (they must be set before torch loads). This process's own kernels are compared too, within a tolerance.
 """
 
 from __future__ import annotations
@@ -54,11 +54,12 @@ def project_outputs(ckpt_dir: str | Path, inputs: torch.Tensor, puzzle_ids: torc
     return out
 
 
-def official(name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def official(name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The official outputs, and where they came from (torch version, kernel settings)."""
     path = FIXTURES / name / "forward.safetensors"
     with safe_open(path, "pt") as f:
-        metadata = f.metadata()
-    return load_file(path), metadata
+        provenance = json.loads(f.metadata()["provenance"])
+    return load_file(path), provenance
 
 
 def num_steps(tensors: dict) -> int:
@@ -84,7 +85,7 @@ def portable(converted, tmp_path_factory):
     for name, ckpt in converted.items():
         _, metadata = official(name)
         dst = tmp_path_factory.mktemp(name) / "project.safetensors"
-        env = {**os.environ, **json.loads(metadata["numerics_env"]), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **metadata["numerics_env"], "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         subprocess.run([sys.executable, __file__, name, str(ckpt), str(dst)], env=env, check=True)
         out[name] = load_file(dst)
     return out
