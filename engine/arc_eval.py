@@ -35,7 +35,7 @@ def test_rows(dataset: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(args: argparse.Namespace, ckpt: Checkpoint, task: Task, params: SearchParams) -> dict:
     """Run, vote, write `submission.json` (args.submission) and return the summary."""
-    from engine.eval import run  # engine.eval imports this module for its --dataset flag
+    from engine.eval import run, write_results  # engine.eval imports this module for its --dataset flag
 
     if task.name != "arc":
         raise SystemExit(f"engine-eval: --dataset votes ARC variants; {args.checkpoint} is a {task.name} checkpoint")
@@ -61,6 +61,12 @@ def evaluate(args: argparse.Namespace, ckpt: Checkpoint, task: Task, params: Sea
     metrics, submission = vote.score(puzzles, PASS_KS)
     if args.submission:
         Path(args.submission).write_text(json.dumps(submission))
+    if args.out:  # one record per variant row: its answer (in the variant's frame), identifier and q halt logit
+        extra = [
+            {"puzzle_id": int(i), "identifier": names[i], "q": float(r.rows.q[r.selection.index])}
+            for i, r in zip(ids, results)
+        ]
+        write_results(args.out, task, inputs, results, None, extra)
     row_steps = sum(r.row_steps for r in results)
     return {
         "n": len(puzzles),

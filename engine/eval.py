@@ -72,11 +72,15 @@ def is_table(path: str | Path) -> bool:
     return Path(path).suffix in (".jsonl", ".parquet")
 
 
-def write_results(path: str | Path, task: Task, puzzles: np.ndarray, results: list, ok: np.ndarray | None) -> None:
-    """One record per puzzle, in puzzle order, as JSON Lines or (`.parquet`) Parquet."""
+def write_results(
+    path: str | Path, task: Task, puzzles: np.ndarray, results: list, ok: np.ndarray | None, extra: list | None = None
+) -> None:
+    """One record per puzzle, in puzzle order, as JSON Lines or (`.parquet`) Parquet; `extra`: more fields per
+    record (ARC: the variant's puzzle id and identifier)."""
     records = [
         {
             "id": i,
+            **(extra[i] if extra is not None else {}),
             "puzzle": task.to_text(p),
             "answer": task.to_text(r.answer),
             **({"correct": bool(ok[i])} if ok is not None else {}),
