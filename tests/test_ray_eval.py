@@ -106,3 +106,27 @@ def test_a_killed_actor_still_yields_every_puzzle_once(cluster, puzzles, local, 
     table = pq.read_table(tmp_path / "r.parquet").to_pylist()
     assert [r["id"] for r in table] == list(range(200))
     assert [r["answer"] for r in table] == [json.loads(line)["answer"] for line in local[1].splitlines()]
+
+
+def test_arc_variants_on_ray_vote_as_the_official_evaluation(cluster, tmp_path):
+    """engine-eval --task arc --dataset on the actor pool: each variant row keeps its puzzle id, so the vote, pass@K
+    and submission are the official ones (tests/fixtures/official/arc, as in test_arc_parity.py)."""
+    from engine.checkpoint import main as convert
+
+    fixture = ROOT / "tests" / "fixtures" / "official" / "arc"
+    convert([str(fixture / "step_500"), str(tmp_path / "ckpt")])
+    argv = [
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--task",
+        "arc",
+        "--dataset",
+        str(ROOT / "tests/fixtures/arc/official"),
+    ]
+    argv += ["--threads", "1", "--submission", str(tmp_path / "submission.json")]
+    result, _ = evaluate(tmp_path, "ray", *argv, "--ray", "--concurrency", "2", "--puzzles-per-batch", "8")
+    assert json.loads((tmp_path / "submission.json").read_text()) == json.loads(
+        (fixture / "submission.json").read_text()
+    )
+    expected = json.loads((fixture / "expected_metrics.json").read_text())
+    assert {k: result[k] for k in expected} == expected and result["variants"] == 27
