@@ -42,8 +42,9 @@ KEYS = '[[keys]]\nname = "a"\nkey = "key-a"\n\n[[keys]]\nname = "b"\nkey = "key-
 
 
 class Server:
-    def __init__(self, source: Path, port: int, keys: Path | None, threads: int):
+    def __init__(self, source: Path, port: int, keys: Path | None, threads: int, max_batch: int):
         cmd = [sys.executable, "-m", "server.main", "--port", str(port), "--threads", str(threads)]
+        cmd += ["--max-batch", str(max_batch)]
         cmd += ["--checkpoint", str(ROOT / "checkpoints" / "sudoku-trm"), "--max-queued-requests", "256"]
         cmd += ["--api-keys-file", str(keys)] if keys else []
         env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": str(threads)}
@@ -103,10 +104,14 @@ async def tenants(url: str, heavy: int, keyed: bool, seconds: float) -> dict:
         await asyncio.gather(*(post(http, HEAVY, key_a) for _ in range(heavy)))
         alone_a = time.perf_counter() - start
         start = time.perf_counter()
-        a = asyncio.gather(*(post(http, HEAVY, key_a) for _ in range(heavy)))
+
+        async def burst_a() -> float:
+            await asyncio.gather(*(post(http, HEAVY, key_a) for _ in range(heavy)))
+            return time.perf_counter() - start
+
+        a = asyncio.ensure_future(burst_a())
         b = await steady(int(seconds))
-        await a
-        shared_a = time.perf_counter() - start
+        shared_a = await a
     return {
         "b_alone_p50_s": statistics.median(alone_b),
         "b_loaded_p50_s": statistics.median(b),
@@ -125,6 +130,7 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=3.0)
     p.add_argument("--seconds", type=float, default=20, help="two tenants: B's requests (one per second)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-batch", type=int, default=64, help="the server's rows per step (its default: 64)")
     p.add_argument("--port", type=int, default=8123)
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
@@ -132,12 +138,13 @@ def main() -> None:
         keys = None if args.no_keys else Path(tmp) / "keys.toml"
         if keys:
             keys.write_text(KEYS)
-        with Server(args.source, args.port, keys, args.threads) as server:
+        with Server(args.source, args.port, keys, args.threads, args.max_batch) as server:
             result = {"burst": asyncio.run(burst(server.url, args.heavy, args.delay, keys is not None))}
             print(json.dumps(result["burst"]), flush=True)
             result["tenants"] = asyncio.run(tenants(server.url, args.heavy, keys is not None, args.seconds))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.source, capture_output=True, text=True)
-    result.update(source_commit=commit.stdout.strip(), heavy=args.heavy, threads=args.threads, machine=describe("cpu"))
+    result.update(source_commit=commit.stdout.strip(), heavy=args.heavy, threads=args.threads, max_batch=args.max_batch)
+    result["machine"] = describe("cpu")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
