@@ -152,6 +152,21 @@ PRESETS: dict[str, dict] = {
         mlp_t=True,
         pos_encodings="none",
     ),
+    # ARC's shape (30x30 canvas, 12 tokens) at sudoku-tiny's width, with RoPE attention; engine-train sets
+    # num_puzzle_identifiers from the dataset (one embedding row per augmented variant).
+    "arc-tiny": dict(
+        seq_len=900,
+        vocab_size=12,
+        hidden_size=64,
+        num_heads=2,
+        expansion=2.0,
+        puzzle_emb_ndim=64,
+        puzzle_emb_len=1,
+        H_cycles=2,
+        L_cycles=2,
+        halt_max_steps=4,
+        pos_encodings="rope",
+    ),
 }
 
 

@@ -7,6 +7,7 @@ engine-train --arch gram --generator --grids 50000 --out runs/gram-gen     # an 
 engine-train --init-from checkpoints/sudoku-trm --puzzles hard.txt --solutions hard.sol --extra-clues 0 30 \
     --generate 20000 --clues 30 45 --infill 50000 --mix puzzles=0.6 generated=0.15 infill=0.25 --out runs/hard
 engine-train --dataset data/sudoku-extreme-1k-aug-1000 --out runs/official   # an official-layout dataset's train split
+engine-train --task arc --dataset data/arc-tiny --out runs/arc   # ARC (arc-tiny): each row with its puzzle id
 torchrun --nproc_per_node 2 -m engine.train.cli --preset tiny --generate 2000 --out runs/ddp
 """
 
@@ -23,9 +24,11 @@ import torch
 import torch.distributed as dist
 
 from engine.checkpoint import read_config
-from engine.datasets import DatasetError
+from engine.datasets import DatasetError, official
+from engine.models import preset
 from engine.tasks.base import PuzzleError
 from engine.tasks.sudoku import BLANK
+from engine.train.arc_data import read_arc_dataset
 from engine.train.config import PRESETS, TrainConfig, train_preset
 from engine.train.data import (
     Source,
@@ -39,7 +42,7 @@ from engine.train.data import (
 )
 from engine.train.trainer import Dist, PosteriorCollapse, Trainer, describe_eval
 
-DEFAULT_PRESET = {"trm": "cpu-small", "gram": "gram-cpu-small", "generator": "gram-gen-cpu-small"}
+DEFAULT_PRESET = {"trm": "cpu-small", "gram": "gram-cpu-small", "generator": "gram-gen-cpu-small", "arc": "arc-tiny"}
 
 
 # The flags that choose the training data: a run records them (`TrainConfig.data`), so `--resume` needs only --out.
@@ -56,7 +59,12 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
-    p.add_argument("--task", default="sudoku", choices=["sudoku"], help="puzzle task (Sudoku for now)")
+    p.add_argument(
+        "--task",
+        default="sudoku",
+        choices=["sudoku", "arc"],
+        help="puzzle task; arc trains on an official-layout ARC --dataset (train split, puzzle ids from the dataset)",
+    )
     p.add_argument("--arch", default="trm", choices=["trm", "gram"])
     p.add_argument(
         "--preset",
@@ -86,7 +94,8 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--dataset",
         metavar="DIR",
-        help="train split of a Sudoku dataset in the official layout (build_sudoku_dataset.py's output)",
+        help="train split of a dataset in the official layout: Sudoku (build_sudoku_dataset.py's output) or, with "
+        "--task arc, ARC (engine-data arc or build_arc_dataset.py; held out: its test split)",
     )
     data.add_argument("--hf", action="store_true", help="download Sudoku-Extreme train.csv from the Hugging Face hub")
     data.add_argument(
@@ -162,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ov.add_argument("--collapse-after", type=int, help="GRAM: first step at which the collapse guard may stop")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is much faster on a machine other jobs load)")
     return p
 
 
@@ -216,12 +226,56 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         model = {**{k: v for k, v in init["model"].items() if k != "forward_dtype"}, **model}
         overrides["init_from"] = str(args.init_from)
     overrides["data"] = {name: _plain(getattr(args, name)) for name in DATA_FLAGS}
-    name = args.preset or DEFAULT_PRESET["generator" if args.generator else args.arch]
+    if args.task == "arc":
+        meta = arc_metadata(args)
+        model["num_puzzle_identifiers"] = meta["num_puzzle_identifiers"]
+        overrides["ignore_label_id"] = meta["ignore_label_id"]
+    name = args.preset or DEFAULT_PRESET["arc" if args.task == "arc" else "generator" if args.generator else args.arch]
     try:
         cfg = train_preset(name, **overrides)
     except ValueError as e:
         raise SystemExit(f"engine-train: {e}") from None
-    return dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, **model})
+    cfg = dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, **model})
+    if args.task == "arc":
+        shape = preset(cfg.model_preset, **cfg.model_overrides)
+        if (shape.seq_len, shape.vocab_size) != (meta["seq_len"], meta["vocab_size"]):
+            raise SystemExit(
+                f"engine-train: --preset {name} builds a {shape.seq_len}-token model over {shape.vocab_size} tokens; "
+                f"the ARC dataset has {meta['seq_len']} over {meta['vocab_size']} (try --preset arc-tiny)"
+            )
+    return cfg
+
+
+def arc_metadata(args: argparse.Namespace) -> dict:
+    """The ARC dataset's train dataset.json, after refusing what ARC training does not take."""
+    if args.arch != "trm" or args.generator or args.group not in (None, 1):
+        raise SystemExit("engine-train: --task arc trains arch trm, one row per example (no --group, no --generator)")
+    others = ("puzzles", "solutions", "csv", "hf", "generate", "infill", "extra_clues", "eval_puzzles")
+    if given := [f"--{name.replace('_', '-')}" for name in others if getattr(args, name)]:
+        raise SystemExit(f"engine-train: --task arc trains on an ARC --dataset only; drop {', '.join(given)}")
+    if not args.dataset:
+        raise SystemExit("engine-train: --task arc needs --dataset DIR (engine-data arc or the official builder)")
+    try:
+        return official.read_split(args.dataset, "train", mmap=True).metadata
+    except DatasetError as e:
+        raise SystemExit(f"engine-train: --dataset: {e}") from None
+
+
+def load_arc(args: argparse.Namespace) -> tuple[list[Source], tuple, str, dict[str, str]]:
+    """ARC's train rows with their puzzle ids, the test split's rows as the held-out set, a description, and the
+    dataset files a checkpoint needs (identifiers.json, test_puzzles.json)."""
+    try:
+        data = read_arc_dataset(args.dataset)
+    except DatasetError as e:
+        raise SystemExit(f"engine-train: --dataset: {e}") from None
+    train, test = data.train, data.test
+    source = Source("dataset", train.inputs, train.labels, ids=train.ids, augment=False)
+    described = (
+        f"train: {args.dataset} (official ARC layout, train split: {len(train.ids)} examples of "
+        f"{len(np.unique(train.ids))} puzzle ids); held out: its test split ({len(test.ids)} rows, per-row exact, "
+        "PAD labels ignored); no on-the-fly augmentation"
+    )
+    return [source], (test.inputs, test.labels, test.ids), described, data.files
 
 
 def load_data(args: argparse.Namespace, seed: int) -> tuple[tuple | list[Source], tuple, str]:
@@ -341,8 +395,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg = build_config(args)
     if args.resume:
         restore_data(args, cfg)
-    train, dev, data = load_data(args, cfg.seed)
-    trainer = Trainer(cfg, args.task, train, dev, args.out, device, ddp, data)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    files = None
+    if args.task == "arc":
+        train, dev, data, files = load_arc(args)
+    else:
+        train, dev, data = load_data(args, cfg.seed)
+    trainer = Trainer(cfg, args.task, train, dev, args.out, device, ddp, data, files)
     if args.resume:
         trainer.resume()
     elif cfg.init_from:

@@ -24,6 +24,7 @@ class TrainConfig:
     ema: bool = True
     ema_decay: float = 0.999
     loss: str = "stablemax"  # or "softmax"
+    ignore_label_id: int | None = None  # a label token left out of the loss (ARC's PAD 0, from dataset.json)
     eval_every: int = 5000
     eval_limit: int | None = None  # held-out puzzles per evaluation (None: all)
     save_every: int = 1000
@@ -62,6 +63,8 @@ class TrainConfig:
             raise ValueError(f"group must be at least 1 and divide the global batch {self.global_batch_size}")
         if self.group > 1 and self.arch != "trm":
             raise ValueError("group training is for arch trm")
+        if self.ignore_label_id is not None and (self.arch != "trm" or self.group != 1):
+            raise ValueError("an ignore label (ARC) trains arch trm with group 1")
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
 
@@ -97,6 +100,22 @@ PRESETS: dict[str, dict] = {
         eval_every=10,
         eval_limit=32,
         save_every=5,
+    ),
+    # ARC on CPU (a pipeline check, not an ARC solver): 900-token rows cost ~11x a Sudoku row. The official ARC
+    # recipe's embedding LR (1e-2) and weight decay (0.1, both tables) (TRM.md §8.5).
+    "arc-tiny": dict(
+        model_preset="arc-tiny",
+        global_batch_size=16,
+        steps=2000,
+        lr=1e-3,
+        puzzle_emb_lr=1e-2,
+        warmup_steps=50,
+        weight_decay=0.1,
+        puzzle_emb_weight_decay=0.1,
+        ema_decay=0.99,
+        eval_every=100,
+        eval_limit=64,
+        save_every=20,
     ),
 }
 

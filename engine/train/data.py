@@ -1,6 +1,7 @@
 """Sudoku training data: file and CSV readers, the official augmentation, a puzzle generator, a resumable stream.
 
-Every array holds codec tokens (TRM.md §6.1): blank=1, digit d -> d+1; inputs and labels are uint8 [N, 81].
+Every array holds codec tokens (TRM.md §6.1): blank=1, digit d -> d+1; inputs and labels are uint8 [N, 81]. The
+stream also carries other tasks' rows ([N, seq_len], each with its puzzle id: ARC, `engine.train.arc_data`).
 """
 
 from __future__ import annotations
@@ -94,12 +95,13 @@ def read_sudoku_extreme_csv(path: str | Path, limit: int | None = None) -> tuple
 def read_official_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The train split of a Sudoku dataset in the official layout (the official `build_sudoku_dataset.py`'s output,
     its pre-made augmentations included) -> (inputs, labels). Its tokens are ours already (blank 1, digit d -> d+1).
-    Another layout (ARC's 900 tokens, a maze's) raises PuzzleError naming what it holds."""
+    Another layout (ARC's 900 tokens, a maze's) raises PuzzleError naming what it holds (ARC: `arc_data`)."""
     split = read_split(path, "train")
     if (split.seq_len, split.vocab_size) != (81, 11):
         raise PuzzleError(
             f"{path} holds {split.seq_len}-token examples over a vocabulary of {split.vocab_size}; engine-train "
-            "trains Sudoku (81 tokens, vocabulary 11: the official build_sudoku_dataset.py's layout) only"
+            "trains Sudoku (81 tokens, vocabulary 11: the official build_sudoku_dataset.py's layout) only, "
+            "or ARC with --task arc"
         )
     inputs = np.concatenate([s.inputs for s in split.sets.values()]).astype(np.uint8)
     labels = np.concatenate([s.labels for s in split.sets.values()]).astype(np.uint8)
@@ -214,13 +216,20 @@ class SampleStream:
         augment: bool = True,
         reveal: tuple[int, int] | None = None,
         blank: tuple[int, int] | None = None,
+        ids: np.ndarray | None = None,
     ):
         self.inputs, self.labels = np.asarray(inputs, np.uint8), np.asarray(labels, np.uint8)
-        if self.inputs.shape != self.labels.shape or self.inputs.shape[1:] != (81,) or not len(self.inputs):
+        if self.inputs.shape != self.labels.shape or self.inputs.ndim != 2 or not len(self.inputs):
             raise ValueError(
-                f"inputs {self.inputs.shape} and labels {self.labels.shape} must both be non-empty "
-                "[N, 81] Sudoku token arrays"
+                f"inputs {self.inputs.shape} and labels {self.labels.shape} must both be non-empty [N, seq_len] "
+                "token arrays"
             )
+        if (augment or reveal or blank) and self.inputs.shape[1] != 81:
+            raise ValueError("augmentation, extra clues and infilling are Sudoku's (81 tokens)")
+        # each row's puzzle-embedding row (ARC: its variant's identifier); Sudoku's single table row is 0
+        self.ids = np.zeros(len(self.inputs), np.int64) if ids is None else np.asarray(ids, np.int64)
+        if self.ids.shape != (len(self.inputs),):
+            raise ValueError(f"ids {self.ids.shape} must give one puzzle id per row ({len(self.inputs)})")
         self.seed, self.augment, self.reveal, self.blank = seed, augment, reveal, blank
         self.epoch = self.position = self.samples_seen = 0
         self._rng = np.random.default_rng([seed, 1])
@@ -236,6 +245,10 @@ class SampleStream:
 
     def next(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The next `n` samples (inputs, labels), crossing epoch boundaries as needed."""
+        return self.draw(n)[:2]
+
+    def draw(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next `n` samples with their puzzle ids (inputs, labels, ids)."""
         parts, need = [], n
         while need:
             take = min(need, len(self._order) - self.position)
@@ -253,7 +266,7 @@ class SampleStream:
             inputs = reveal_clues(inputs, labels, self.reveal, self._rng)
         if self.blank:
             inputs = blank_cells(labels, self.blank, self._rng)
-        return inputs, labels
+        return inputs, labels, self.ids[index]
 
     def state_dict(self) -> dict:
         """JSON-serialisable position of the stream; `load_state_dict` resumes it exactly."""
@@ -288,6 +301,8 @@ class Source:
     share: float | None = None
     reveal: tuple[int, int] | None = None
     blank: tuple[int, int] | None = None
+    ids: np.ndarray | None = None  # each row's puzzle id (None: all 0, Sudoku's single table row)
+    augment: bool = True  # Sudoku's on-the-fly symmetries; off for datasets augmented when built (ARC)
 
 
 class Mixture:
@@ -309,7 +324,9 @@ class Mixture:
         self.start = np.array([n == easy for n in names], np.float64) if curriculum else self.shares
         self.curriculum, self.progress, self.sources = curriculum, 0.0, sources
         self.streams = [
-            SampleStream(s.inputs, s.labels, seed=seed * 100 + i, reveal=s.reveal, blank=s.blank)
+            SampleStream(
+                s.inputs, s.labels, seed=seed * 100 + i, augment=s.augment, reveal=s.reveal, blank=s.blank, ids=s.ids
+            )
             for i, s in enumerate(sources)
         ]
         self._rng = np.random.default_rng([seed, 2])
@@ -327,8 +344,12 @@ class Mixture:
         return self.samples_seen / sum(len(s.inputs) for s in self.streams)
 
     def next(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.draw(n)[:2]
+
+    def draw(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next `n` samples with their puzzle ids (inputs, labels, ids)."""
         counts = self._rng.multinomial(n, self.current_shares())
-        parts = [stream.next(int(c)) for stream, c in zip(self.streams, counts) if c]
+        parts = [stream.draw(int(c)) for stream, c in zip(self.streams, counts) if c]
         return tuple(np.concatenate(cols) for cols in zip(*parts))
 
     def state_dict(self) -> dict:

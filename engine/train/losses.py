@@ -27,26 +27,39 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, kind: str = 
 
 
 def act_loss(
-    logits: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, kind: str = "stablemax", group: int = 1
+    logits: torch.Tensor,
+    q: torch.Tensor,
+    labels: torch.Tensor,
+    kind: str = "stablemax",
+    group: int = 1,
+    ignore: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss of one supervision step over all rows: per-sequence mean token CE + 0.5 * BCE(q_halt, grid correct).
 
-    Returns (loss, seq_is_correct). Every Sudoku cell is supervised, so there is no ignore mask; the caller divides
-    by the global batch size. q_continue is unused (the official `no_ACT_continue=True`).
+    Returns (loss, seq_is_correct). The caller divides by the global batch size. q_continue is unused (the official
+    `no_ACT_continue=True`). `ignore`: a label token that is not scored (ARC's PAD, the dataset's ignore_label_id):
+    the mean runs over the other positions and "correct" means all of them right, as the official loss head. Every
+    Sudoku cell is supervised, so Sudoku passes None.
 
     `group` > 1: consecutive rows are one puzzle under different symmetries, and each group's term is the negative
     log-likelihood of the solution under the mixture of its rows, -log mean_g p_g(grid), per cell and counted once
     per row. The gradient goes to the rows nearest the answer: a row that commits to a right guess is credited over
     a row that hedges, as the search over symmetries needs one row to finish, not all (multiple-choice learning)."""
     ce = token_cross_entropy(logits, labels, kind)
-    if group == 1:
+    valid = None if ignore is None else labels != ignore
+    if valid is not None:
+        if group != 1:
+            raise ValueError("group training scores every position (Sudoku); it takes no ignore label")
+        lm_loss = (torch.where(valid, ce, 0).sum(-1) / valid.sum(-1).clamp_min(1)).sum()
+    elif group == 1:
         lm_loss = ce.mean(-1).sum()
     else:
         nll = ce.sum(-1).view(-1, group)  # -log p(grid) per row
         mixture = math.log(group) - torch.logsumexp(-nll, dim=1)
         lm_loss = mixture.sum() * group / labels.shape[-1]
     with torch.no_grad():
-        seq_is_correct = (logits.argmax(-1) == labels).all(-1)
+        hits = logits.argmax(-1) == labels
+        seq_is_correct = (hits if valid is None else hits | ~valid).all(-1)
     q_halt_loss = F.binary_cross_entropy_with_logits(q[:, 0], seq_is_correct.to(q.dtype), reduction="sum")
     return lm_loss + 0.5 * q_halt_loss, seq_is_correct
 

@@ -78,11 +78,12 @@ class Trainer:
         cfg: TrainConfig,
         task: str,
         train: tuple[np.ndarray, np.ndarray] | list[Source],
-        dev: tuple[np.ndarray, np.ndarray],
+        dev: tuple[np.ndarray, ...],  # held-out (inputs, labels) or (inputs, labels, puzzle ids)
         out: str | Path,
         device: str = "cpu",
         ddp: Dist = Dist(),
         data: str = "",
+        files: dict[str, str] | None = None,
     ):
         if cfg.global_batch_size % (ddp.world * cfg.group):
             raise ValueError(
@@ -90,6 +91,7 @@ class Trainer:
             )
         self.cfg, self.task, self.dev, self.out, self.device, self.ddp = cfg, task, dev, Path(out), device, ddp
         self.data = data  # where the samples came from, for the checkpoint's training summary
+        self.files = files or {}  # text files every saved checkpoint holds (ARC: identifiers.json, test_puzzles.json)
         torch.manual_seed(cfg.seed)
         dtype = compute_dtype(device)
         model_cls = GRAM if cfg.arch == "gram" else TRM
@@ -130,12 +132,14 @@ class Trainer:
         h = self.halted
         if n := int(h.sum()):
             self.stream.progress = self.step / cfg.steps
-            x, y = self.stream.next(n // G)
+            x, y, ids = self.stream.draw(n // G)
             if G > 1:  # each sample under G fresh symmetries, drawn per step so a resume redraws the same
                 rng = np.random.default_rng([cfg.seed, self.step, self.ddp.rank])
                 x, y = augment(x.repeat(G, 0), y.repeat(G, 0), rng)
+                ids = ids.repeat(G, 0)
             self.inputs[h] = torch.from_numpy(x).to(self.device, torch.long)
             self.labels[h] = torch.from_numpy(y).to(self.device, torch.long)
+            self.puzzle_ids[h] = torch.from_numpy(ids).to(self.device, torch.long)
         self.carry = model.reset(self.carry, h)
         self.steps = torch.where(h, 0, self.steps)
 
@@ -146,7 +150,7 @@ class Trainer:
             kl = kl.sum()
         else:
             self.carry, logits, q = model.step(self.carry, self.inputs, self.puzzle_ids)
-            loss, correct = act_loss(logits, q, self.labels, cfg.loss, G)
+            loss, correct = act_loss(logits, q, self.labels, cfg.loss, G, cfg.ignore_label_id)
             kl = torch.zeros(())
         (loss / cfg.global_batch_size).backward()
         for p in model.parameters():  # sum over ranks: the official global-batch mean
@@ -287,19 +291,22 @@ class Trainer:
         return model.eval()
 
     def evaluate(self) -> dict:
-        """Exact and cell accuracy of all N_sup steps on the held-out split, sharded over ranks."""
-        inputs, labels = self.dev
-        limit = self.cfg.eval_limit or len(inputs)
-        inputs, labels = (
-            inputs[:limit][self.ddp.rank :: self.ddp.world],
-            labels[:limit][self.ddp.rank :: self.ddp.world],
-        )
+        """Exact and cell accuracy of all N_sup steps on the held-out split, sharded over ranks. A held-out split with
+        puzzle ids (ARC's test split: inputs, labels, ids) runs each row with its id and scores the labels that are
+        not `ignore_label_id`, per row; the vote over variants is engine-eval's."""
+        limit = self.cfg.eval_limit or len(self.dev[0])
+        inputs, labels, *ids = (a[:limit][self.ddp.rank :: self.ddp.world] for a in self.dev)
         if self.is_gram:
             return self.evaluate_gram(inputs.astype(np.int64), labels.astype(np.int64))
-        answers, _ = predict(self.eval_model(), inputs.astype(np.int64), 256, None, self.device, progress=False)
-        sums = torch.tensor(
-            [len(answers), (answers == labels).all(1).sum(), (answers == labels).mean(1).sum()], dtype=torch.float64
-        )
+        if ids:
+            answers = predict_rows(self.eval_model(), inputs, ids[0], self.device)
+        else:
+            answers, _ = predict(self.eval_model(), inputs.astype(np.int64), 256, None, self.device, progress=False)
+        ignore = self.cfg.ignore_label_id
+        scored = labels != ignore if ignore is not None else np.ones_like(labels, bool)
+        hits = (answers == labels) | ~scored
+        cells = (hits & scored).sum(1) / np.maximum(scored.sum(1), 1)
+        sums = torch.tensor([len(answers), hits.all(1).sum(), cells.sum()], dtype=torch.float64)
         n, exact, cells = self.ddp.all_reduce(sums).tolist()
         return {"n": int(n), "exact_accuracy": exact / max(n, 1), "cell_accuracy": cells / max(n, 1)}
 
@@ -375,6 +382,7 @@ class Trainer:
             "labels": self.labels,
             "steps": self.steps,
             "halted": self.halted.to(torch.uint8),
+            "puzzle_ids": self.puzzle_ids,
             "explore_rng": self.explore.get_state(),
             "noise_rng": self.noise_rng.get_state(),
         }
@@ -404,7 +412,9 @@ class Trainer:
         with atomic_directory(self.out / "train_state") as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "state.safetensors")
             (tmp / "state.json").write_text(json.dumps(meta))
-        save_checkpoint(self.out / "checkpoint", self.eval_model(), self.task, meta={"training": self.summary()})
+        save_checkpoint(
+            self.out / "checkpoint", self.eval_model(), self.task, meta={"training": self.summary()}, files=self.files
+        )
 
     def resume(self) -> bool:
         """Restore the last saved state from out/train_state; False when there is none."""
@@ -432,6 +442,8 @@ class Trainer:
         self.explore.set_state(r["explore_rng"].cpu())
         if "noise_rng" in r:
             self.noise_rng.set_state(r["noise_rng"].cpu())
+        if "puzzle_ids" in r:  # states saved before rows carried ids hold zeros there anyway
+            self.puzzle_ids = r["puzzle_ids"]
         self.stream.load_state_dict(meta["streams"][self.ddp.rank])
         self.step, self.elapsed, self.last_eval = meta["step"], meta["elapsed"], meta.get("last_eval")
         return True
@@ -451,6 +463,17 @@ class Trainer:
             "last_eval": self.last_eval,
             "config": self.cfg.to_dict(),
         }
+
+
+@torch.no_grad()
+def predict_rows(model: TRM, inputs: np.ndarray, ids: np.ndarray, device: str, batch_size: int = 64) -> np.ndarray:
+    """Deterministic TRM answers [n, seq_len] after all N_sup steps, each row with its own puzzle id."""
+    answers = []
+    for start in range(0, len(inputs), batch_size):
+        x = torch.as_tensor(inputs[start : start + batch_size].astype(np.int64), device=device)
+        i = torch.as_tensor(ids[start : start + batch_size].astype(np.int64), device=device)
+        answers.append(model.rollout(x, i)[0].argmax(-1).cpu().numpy())
+    return np.concatenate(answers) if answers else np.empty((0, model.config.seq_len), np.int64)
 
 
 def describe_eval(ev: dict) -> str:
