@@ -151,15 +151,20 @@ def search_all(
 ) -> list[SearchResult]:
     """Every puzzle as one request through the engine (continuous batching over all of them); `seeds`: one seed per
     request instead of params.seed (generation: each grid its own draw); `puzzle_ids`: each puzzle's row of the
-    checkpoint's puzzle-embedding table (ARC's augmented variants; else 0)."""
+    checkpoint's puzzle-embedding table (ARC's augmented variants; else 0).
+
+    Requests go in as the batch has room for all their rows, oldest first: fair share would otherwise spread an
+    oversubscribed batch over every request, one row each, and with an early exit which row verifies first, and so
+    a puzzle's row-steps, would depend on the batch size and on how the puzzles are sharded (engine-eval --ray)."""
     per = [params] * len(puzzles) if seeds is None else [params.replace(seed=s) for s in seeds]
     ids = np.zeros(len(puzzles), np.int64) if puzzle_ids is None else puzzle_ids
-    requests = [
-        engine.submit(Request(engine.task, x, p, int(i), record_steps=record_steps))
-        for x, p, i in zip(puzzles, per, ids)
-    ]
+    waiting = [Request(engine.task, x, p, int(i), record_steps=record_steps) for x, p, i in zip(puzzles, per, ids)]
+    requests, room = list(waiting), engine.scheduler.limits.max_batch
+    waiting.reverse()
     with tqdm(total=len(requests), desc="search", unit="puzzle", leave=False, disable=not progress) as bar:
-        while engine.busy:
+        while waiting or engine.busy:
+            while waiting and (not engine.busy or engine.scheduler.queued[1] + waiting[-1].rows <= room):
+                engine.submit(waiting.pop())
             engine.step()
             bar.update(engine.stats.requests_finished - bar.n)
     return [r.future.result() for r in requests]

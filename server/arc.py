@@ -86,9 +86,9 @@ async def solve(
                 watch.admitted.set()
             result = await solver.facade.wait(req)
         done += 1
-        if watch is not None:
+        if watch is not None and done < len(found):  # the last event is the final vote's, below
             running.add_result(body.name, aug, inputs[i], result)
-            if time.monotonic() >= due or done == len(found):
+            if time.monotonic() >= due:
                 due = time.monotonic() + watch.interval
                 watch.event("vote", vote_json(running.ranked(body.name, grid), len(found)))
         return result
@@ -101,7 +101,10 @@ async def solve(
             t.cancel()
     # The final vote in variant order, as the official evaluation adds rows in dataset order (it breaks exact ties)
     vote = vote_rows([body.name] * len(found), [aug for _, aug in found], inputs, results)
-    picks = attempts(vote.ranked(body.name, grid))
+    ranked = vote.ranked(body.name, grid)
+    if watch is not None:
+        watch.event("vote", vote_json(ranked, len(found)))
+    picks = attempts(ranked)
     first = picks[0]
     queued = min(r.timing.queued_s for r in results)
     total = time.perf_counter() - start

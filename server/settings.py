@@ -53,9 +53,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=256)
 
     # /generate
-    max_generate_count: int = Field(64, ge=1)
+    max_generate_count: int = Field(128, ge=1)
     max_generate_samples: int = Field(256, ge=1)  # grids one request may decode to find valid distinct ones
-    generate_batch: int = Field(64, ge=1)  # grids one /generate request decodes at once (a round)
+    generate_batch: int = Field(128, ge=1)  # grids one /generate request decodes at once (a round)
 
     # streamed answers (server/stream.py): progress events per second at most, per request; the result always goes
     stream_max_events_per_s: float = Field(10.0, gt=0)

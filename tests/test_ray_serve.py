@@ -223,3 +223,14 @@ def test_serves_own_queue_limit_answers_in_our_shape(service):
     refused = [r for r in answers if r.status_code == 429]
     assert refused and all(r.status_code in (200, 429) for r in answers)
     assert error_of(refused[0])["type"] == "overloaded" and refused[0].headers["retry-after"] == "1"
+
+
+def test_api_keys_are_checked_by_the_replicas_behind_the_ingress(service):
+    """Keys on Ray Serve (issue 27): every replica runs the app with the key, the ingress relays its 401."""
+    deploy({**SMALL, "api_key": ["ray-key"]}, num_replicas=1)
+    r = httpx.post(service + "/solve", json={"puzzle": PUZZLE}, timeout=60)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and error_of(r)["type"] == "unauthorized"
+    ok = httpx.post(
+        service + "/solve", json={"puzzle": PUZZLE}, headers={"Authorization": "Bearer ray-key"}, timeout=60
+    )
+    assert ok.status_code == 200 and ok.json()["verified"]
