@@ -27,7 +27,7 @@ import hmac
 import threading
 import time
 import tomllib
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,13 +94,13 @@ class Quota:
             self.tokens = min(self.key.row_steps_per_minute, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
-    def refusal(self, eta: float) -> tuple[str, ApiError] | None:
-        """(metric reason, the 429) when the key is past a quota, else None; `eta`: seconds until the first of the
+    def refusal(self, eta: Callable[[], float]) -> tuple[str, ApiError] | None:
+        """(metric reason, the 429) when the key is past a quota, else None; `eta()`: seconds until the first of the
         key's requests in progress should finish."""
         k = self.key
         if k.max_concurrent is not None and self.running >= k.max_concurrent:
             message = f"key {k.name!r} has {self.running} requests in progress, its limit of {k.max_concurrent}"
-            return "concurrency", ApiError(429, "overloaded", message, retry_after=eta)
+            return "concurrency", ApiError(429, "overloaded", message, retry_after=eta())
         self._refill()
         if self.rate and self.tokens <= 0:
             wait = (1 - self.tokens) / self.rate  # until the bucket is back above zero
@@ -148,9 +148,8 @@ class Keyring:
             yield
             return
         quota = self.quotas[key.name]
-        eta = self.eta(key.name)
         with self._lock:
-            refusal = quota.refusal(eta)
+            refusal = quota.refusal(lambda: self.eta(key.name))
             if refusal is None:
                 quota.running += 1
         if self.metrics is not None:
