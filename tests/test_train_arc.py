@@ -181,3 +181,23 @@ def test_arc_training_refuses_what_it_does_not_take(dataset, tmp_path):
         build_config(parse_args([*base, "--dataset", str(dataset), "--group", "2"]))
     with pytest.raises(SystemExit, match="builds a 81-token model over 11 tokens"):
         build_config(parse_args([*base, "--dataset", str(dataset), "--preset", "tiny"]))
+
+
+def test_the_shipped_arc_demo_solves_the_task_its_card_claims_and_only_that_one():
+    """checkpoints/arc-tiny/CARD.md: by the vote over 9 variants, b1948b0a's held-out test input is solved (9 of 9
+    votes) and the four other tasks' are not."""
+    from fastapi.testclient import TestClient
+    from live import app_for, wait_ready
+
+    path = Path(__file__).parent.parent / "checkpoints" / "arc-tiny"
+    puzzles = load_checkpoint(path).test_puzzles
+    solved = {}
+    with TestClient(app_for(path, max_steps=16, max_batch=16)) as client:
+        wait_ready(client)
+        for name, task in puzzles.items():
+            for i, pair in enumerate(task["test"]):
+                body = client.post("/solve", json={"task": "arc", "name": name, "test_index": i}).json()
+                assert body["variants"] == 9
+                solved[name, i] = (body["grid"] == pair["output"], body["attempts"][0]["votes"])
+    assert solved.pop(("b1948b0a", 0)) == (True, 9)
+    assert len(solved) == 5 and not any(ok for ok, _ in solved.values())
