@@ -116,14 +116,22 @@ def encode_all(task: Task, lines: list, path: str, answers: bool = False) -> np.
 
 @torch.no_grad()
 def predict(
-    model, inputs: np.ndarray, batch_size: int, steps: int | None, device: str, progress: bool = True
+    model,
+    inputs: np.ndarray,
+    batch_size: int,
+    steps: int | None,
+    device: str,
+    progress: bool = True,
+    puzzle_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic TRM (K=1, no noise) in plain batches: final-step answers [N, seq_len] and Q-halt logits [N].
-    The trainer's quick held-out check; serving-shaped evaluation goes through `search_all`."""
+    """Deterministic TRM (K=1, no noise) in plain batches: final-step answers [N, seq_len] and Q-halt logits [N],
+    each row with its puzzle id (ARC's variants; default 0). The trainer's quick held-out check; serving-shaped
+    evaluation goes through `search_all`."""
     answers, q_halt = [], []
+    ids = np.zeros(len(inputs), np.int64) if puzzle_ids is None else puzzle_ids.astype(np.int64)
     for start in tqdm(range(0, len(inputs), batch_size), desc="eval", unit="batch", leave=False, disable=not progress):
-        x = torch.as_tensor(inputs[start : start + batch_size], device=device)
-        logits, q = model.rollout(x, torch.zeros(len(x), dtype=torch.long, device=device), steps)
+        x = torch.as_tensor(inputs[start : start + batch_size].astype(np.int64), device=device)
+        logits, q = model.rollout(x, torch.as_tensor(ids[start : start + batch_size], device=device), steps)
         answers.append(logits.argmax(-1).cpu().numpy())
         q_halt.append(q[:, 0].cpu().numpy())
     return np.concatenate(answers), np.concatenate(q_halt)

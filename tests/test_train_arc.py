@@ -19,10 +19,11 @@ from test_train import KILLABLE
 from engine.checkpoint import load_checkpoint
 from engine.datasets.arc_build import ArcBuildConfig, build_arc, read_kaggle
 from engine.datasets.official import read_split
+from engine.eval import predict
 from engine.train.arc_data import read_arc_dataset
 from engine.train.cli import build_config, load_arc, parse_args
 from engine.train.losses import act_loss, token_cross_entropy
-from engine.train.trainer import Trainer, predict_rows
+from engine.train.trainer import Trainer
 
 KAGGLE = Path(__file__).parent / "fixtures" / "arc" / "kaggle"
 # arc-tiny at width 32 with one recursion per cycle: a 900-token step of 8 rows takes well under a second
@@ -98,17 +99,17 @@ def test_held_out_eval_runs_each_test_row_with_its_id(dataset, tmp_path, monkeyp
         trainer.model.puzzle_emb.normal_()  # distinct rows, so a wrong id shows
     x, y, ids = trainer.dev
     seen = []
-    monkeypatch.setattr(trainer_module, "predict_rows", lambda m, x, i, d: seen.append(i) or predict_rows(m, x, i, d))
+    monkeypatch.setattr(trainer_module, "predict", lambda m, x, *a: seen.append(a[-1]) or predict(m, x, *a))
     ev = trainer.evaluate()
     assert len(seen) == 1 and np.array_equal(seen[0], ids) and ids.max() > 0
-    answers = predict_rows(trainer.eval_model(), x, ids, "cpu")
+    answers = predict(trainer.eval_model(), x, 64, None, "cpu", False, ids)[0]
     scored = y != 0
     hits = (answers == y) | ~scored
     assert ev["n"] == 9 and ev["exact_accuracy"] == hits.all(1).mean()
     assert ev["cell_accuracy"] == pytest.approx(((hits & scored).sum(1) / scored.sum(1)).mean())
-    assert not np.array_equal(predict_rows(trainer.eval_model(), x, np.zeros_like(ids), "cpu"), answers)
+    assert not np.array_equal(predict(trainer.eval_model(), x, 64, None, "cpu", False)[0], answers)
     right = np.where(y != 0, y, 5)  # every scored token right, every PAD one wrong: exact
-    monkeypatch.setattr(trainer_module, "predict_rows", lambda m, x, i, d: right[: len(x)])
+    monkeypatch.setattr(trainer_module, "predict", lambda m, x, *a: (right[: len(x)], None))
     assert trainer.evaluate() == {"n": 9, "exact_accuracy": 1.0, "cell_accuracy": 1.0}
 
 

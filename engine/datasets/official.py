@@ -49,6 +49,11 @@ class OfficialSet:
     group_indices: np.ndarray  # int32 [groups + 1]: first puzzle of each group, then the puzzle count
 
 
+def example_ids(s: OfficialSet) -> np.ndarray:
+    """int64 [examples]: each example's puzzle identifier (its puzzle's, repeated over the puzzle's examples)."""
+    return np.repeat(s.puzzle_identifiers, np.diff(s.puzzle_indices)).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class OfficialSplit:
     metadata: dict  # dataset.json as written

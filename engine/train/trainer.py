@@ -298,10 +298,7 @@ class Trainer:
         inputs, labels, *ids = (a[:limit][self.ddp.rank :: self.ddp.world] for a in self.dev)
         if self.is_gram:
             return self.evaluate_gram(inputs.astype(np.int64), labels.astype(np.int64))
-        if ids:
-            answers = predict_rows(self.eval_model(), inputs, ids[0], self.device)
-        else:
-            answers, _ = predict(self.eval_model(), inputs.astype(np.int64), 256, None, self.device, progress=False)
+        answers, _ = predict(self.eval_model(), inputs, 256, None, self.device, False, ids[0] if ids else None)
         ignore = self.cfg.ignore_label_id
         scored = labels != ignore if ignore is not None else np.ones_like(labels, bool)
         hits = (answers == labels) | ~scored
@@ -463,17 +460,6 @@ class Trainer:
             "last_eval": self.last_eval,
             "config": self.cfg.to_dict(),
         }
-
-
-@torch.no_grad()
-def predict_rows(model: TRM, inputs: np.ndarray, ids: np.ndarray, device: str, batch_size: int = 64) -> np.ndarray:
-    """Deterministic TRM answers [n, seq_len] after all N_sup steps, each row with its own puzzle id."""
-    answers = []
-    for start in range(0, len(inputs), batch_size):
-        x = torch.as_tensor(inputs[start : start + batch_size].astype(np.int64), device=device)
-        i = torch.as_tensor(ids[start : start + batch_size].astype(np.int64), device=device)
-        answers.append(model.rollout(x, i)[0].argmax(-1).cpu().numpy())
-    return np.concatenate(answers) if answers else np.empty((0, model.config.seq_len), np.int64)
 
 
 def describe_eval(ev: dict) -> str:
