@@ -19,7 +19,13 @@ from engine.tasks.base import PAD
 from engine.tasks.sudoku_solver import FULL
 
 GRID_NODES = 256  # a grid may need a node per cell, plus backtracking
-GRID_STEPS = 2  # supervision steps per node: each node asks an easy question (measured in the generator's CARD)
+GRID_STEPS = 2  # supervision steps per node, unless the checkpoint's config.json says ("generate": {"steps": D})
+
+
+def decode_steps(ckpt) -> int:
+    """Supervision steps per node when this checkpoint decodes grids: its own measured setting, else GRID_STEPS
+    (`sudoku-trm` v2 decodes best at 6: benchmarks/RESULTS.md, "the v2 solver decodes grids")."""
+    return int(ckpt.meta.get("generate", {}).get("steps", GRID_STEPS))
 
 
 def generation_method(ckpt) -> str | None:
@@ -30,7 +36,7 @@ def generation_method(ckpt) -> str | None:
     return "commit" if get_task(ckpt.task).blank is not None else None
 
 
-def grid_params(method: str, defaults: SearchParams, temperature: float) -> SearchParams:
+def grid_params(method: str, defaults: SearchParams, temperature: float, steps: int = GRID_STEPS) -> SearchParams:
     """Search parameters that decode one grid from the empty board. `commit`: one row, one sampled cell per node
     (threshold 1: only what the model is certain of, or the mask forces, is committed beside it), the legal mask
     and backtracking on; a row whose answer is already a valid grid ends it."""
@@ -38,7 +44,7 @@ def grid_params(method: str, defaults: SearchParams, temperature: float) -> Sear
         return defaults.replace(rollouts=1, strategy="rollouts", diversity="none", selector="q", early_exit="off")
     return defaults.replace(
         rollouts=1,
-        steps=GRID_STEPS,
+        steps=steps,
         threshold=1.0,
         strategy="commit",
         diversity="augment",

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
-from engine.generate import generation_method, grid_params
+from engine.generate import decode_steps, generation_method, grid_params
 from engine.runtime import EngineStopped, Overloaded, TooLarge
 from engine.tasks.solvable import no_solution
 from server import arc, generation, stream
@@ -357,7 +357,7 @@ async def _generate(
 ) -> GenerateResponse:
     start = time.perf_counter()
     engine, method = _generator(models, body)
-    params = grid_params(method, engine.defaults, body.temperature)
+    params = grid_params(method, engine.defaults, body.temperature, decode_steps(engine.ckpt))
     # Unlike /solve (an answer should not change between calls), a generator without a seed gives new items each call
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
@@ -425,7 +425,8 @@ def _grader(models: Models, task: str, request: Request, key: Key | None, deadli
 
 def _generator(models: Models, body) -> tuple[Solver, str]:
     """The engine and method for /generate: the named model, else the first generator (then solver) that can decode
-    grids by the asked method (`commit` on a fill-in model, `prior` on a GRAM generator)."""
+    grids by the asked method (`commit` on a fill-in model, `prior` on a GRAM generator), commit decoding first when
+    none is asked for (the prior generator is a research baseline)."""
     if body.model is not None:
         found = models.generators.get(body.model) or models.solvers.get(body.model)
         if found is None:
@@ -433,6 +434,7 @@ def _generator(models: Models, body) -> tuple[Solver, str]:
         candidates = [found]
     else:
         candidates = [*models.generators.values(), *models.solvers.values()]
+        candidates.sort(key=lambda e: generation_method(e.ckpt) != "commit")  # stable: generators stay first
     for engine in candidates:
         method = generation_method(engine.ckpt)
         if method is not None and body.method in (None, method) and engine.task.name == body.task:

@@ -4,8 +4,8 @@ Checkpoint paths that do not exist as given (relative to the working directory) 
 `checkpoint_root` (TRM_CHECKPOINT_ROOT, or `--checkpoint-root`). By default that is `./checkpoints` when the working
 directory has one, else the `checkpoints/` directory of the source tree (a repo checkout with an editable install);
 the Docker image sets it to /app/checkpoints. With no checkpoints named, the service loads `sudoku-trm` (the shipped
-solver, required) and the generators for /generate, skipped when absent: `sudoku-trm-fill` (commit decoding) and
-`sudoku-gram-gen` (GRAM prior samples).
+solver, required; /generate's commit decoding runs on it) and the GRAM generator for /generate's `method: prior`,
+skipped when absent: `sudoku-gram-gen`. `sudoku-trm-fill` (the earlier commit decoder) loads when named.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_SOLVERS = ("sudoku-trm",)
-DEFAULT_GENERATORS = ("sudoku-trm-fill", "sudoku-gram-gen")
+DEFAULT_GENERATORS = ("sudoku-gram-gen",)  # /generate's commit decoding runs on the solver (sudoku-trm v2)
 
 
 def default_root() -> Path:

@@ -593,7 +593,6 @@ def test_settings_from_env_overridden_by_flags_and_default_paths(monkeypatch, tm
     assert (s.port, s.max_rollouts) == (9001, 9)
     assert s.checkpoint_paths() == [
         (tmp_path / "sudoku-trm", True),
-        (tmp_path / "sudoku-trm-fill", False),
         (tmp_path / "sudoku-gram-gen", False),
     ]
     assert Settings().checkpoint_root.resolve() == ROOT / "checkpoints"  # the repo's shipped checkpoints by default

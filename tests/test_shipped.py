@@ -81,3 +81,17 @@ def test_generate_hard_puzzles_graded_by_the_shipped_solver_and_the_grade_replay
         assert full["solution"] == item["text"]  # the unique solution is the grid it was carved from
         easy = c.post("/generate", json={"count": 1, "kind": "puzzle", "clues": 40, "seed": 3}).json()["items"][0]
         assert easy["difficulty"]["one_row"] and easy["difficulty"]["solved"]  # 40 givens: one row is enough
+
+
+def test_the_shipped_solver_decodes_grids_at_its_measured_depth(tmp_path):
+    """Issue 26: `sudoku-trm` v2 decodes grids for /generate with its config's 6 supervision steps per node (its
+    measured best), every served grid valid, in a few row-steps per cell decided."""
+    from engine.eval import main as eval_main
+    from engine.generate import GRID_STEPS, decode_steps
+
+    assert decode_steps(load_checkpoint(SHIPPED)) == 6 != GRID_STEPS
+    out = tmp_path / "gen.json"
+    eval_main(["--checkpoint", str(SHIPPED), "--generate", "20", "--seed", "3", "--threads", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["steps"] == 6 and result["method"] == "commit" and result["validity"] == 1.0
+    assert result["row_steps_per_grid"] < 40  # the fill model at D = 2 needs ~86
