@@ -48,6 +48,14 @@ def arc_model(rows: int = len(NAMES)) -> TRM:
     return model
 
 
+def same_attempts(a: dict, b: dict) -> bool:
+    """Two answers' attempts agree: grids and votes exactly, mean q to float noise (its last bits move with how the
+    variants happened to share the engine's batches)."""
+    key = lambda body: [(x["grid"], x["votes"]) for x in body["attempts"]]  # noqa: E731
+    q = lambda body: [x["mean_q"] for x in body["attempts"]]  # noqa: E731
+    return key(a) == key(b) and q(a) == pytest.approx(q(b))
+
+
 @pytest.fixture(scope="module")
 def arc_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("arc") / "arc-tiny"
@@ -87,7 +95,7 @@ def test_solve_votes_over_every_variant_as_the_official_evaluation(arc):
             assert body["solution"] == body["grid"] == attempts[0]
             assert body["confidence"] == body["attempts"][0]["mean_q"]
             by_grid = arc.post("/solve", json={"task": "arc", "name": name, "puzzle": pair["input"]}).json()
-            assert by_grid["attempts"] == body["attempts"]
+            assert same_attempts(by_grid, body)
 
 
 def test_arc_errors_name_what_is_wrong(arc):
@@ -124,7 +132,7 @@ def test_streaming_shows_the_vote_as_it_forms(arc_ckpt):
     kinds = [e for e, _ in events if e != "progress"]
     assert kinds[-2:] == ["result", "done"] and set(kinds[:-2]) == {"vote"}
     result = json.loads(events[-2][1])
-    assert votes[-1]["leader"]["grid"] == result["grid"] and result["attempts"] == plain["attempts"]
+    assert votes[-1]["leader"]["grid"] == result["grid"] and same_attempts(result, plain)
 
 
 def test_the_vote_maps_a_copying_model_back_to_the_test_input(arc_ckpt, monkeypatch):
