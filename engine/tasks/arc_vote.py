@@ -49,16 +49,22 @@ class Vote:
 
     def add(self, name: str, aug: Augmentation, inputs: np.ndarray, answer: np.ndarray, q_logit: float) -> None:
         """One row: the variant's input and predicted tokens [900], and its q halt logit."""
-        pred = aug.invert(crop(answer))
-        key = grid_hash(pred)
-        self.grids[key] = pred
-        q = 1 / (1 + np.exp(-np.float64(q_logit)))  # float64, as the official evaluator takes sigmoid(q)
-        self.preds.setdefault(name, {}).setdefault(grid_hash(aug.invert(crop(inputs))), []).append((key, float(q)))
+        self._votes(name, aug, inputs).append(self._vote(aug, answer, q_logit))
 
     def add_result(self, name: str, aug: Augmentation, inputs: np.ndarray, result) -> None:
         """Every row of one variant's search result votes (K = 1: the official one row per variant)."""
-        for answer, q in zip(result.rows.answers, result.rows.q):
-            self.add(name, aug, inputs, answer, float(q))
+        votes = self._votes(name, aug, inputs)  # the rows share the variant's input: mapped back and hashed once
+        votes.extend(self._vote(aug, answer, float(q)) for answer, q in zip(result.rows.answers, result.rows.q))
+
+    def _votes(self, name: str, aug: Augmentation, inputs: np.ndarray) -> list[tuple[str, float]]:
+        """The votes for the test input that `inputs` (a variant's tokens) is in the task's frame."""
+        return self.preds.setdefault(name, {}).setdefault(grid_hash(aug.invert(crop(inputs))), [])
+
+    def _vote(self, aug: Augmentation, answer: np.ndarray, q_logit: float) -> tuple[str, float]:
+        pred = aug.invert(crop(answer))
+        key = grid_hash(pred)
+        self.grids[key] = pred
+        return key, float(1 / (1 + np.exp(-np.float64(q_logit))))  # float64, as the official evaluator takes sigmoid
 
     def ranked(self, name: str, test_input: np.ndarray) -> list[Candidate]:
         """The candidates for one test input (a grid in the task's frame), best first."""
