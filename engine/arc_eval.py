@@ -31,7 +31,7 @@ def test_rows(dataset: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(args: argparse.Namespace, ckpt: Checkpoint, task: Task, params: SearchParams) -> dict:
     """Run, vote, write `submission.json` (args.submission) and return the summary."""
-    from engine.eval import run, write_results  # engine.eval imports this module for its --dataset flag
+    from engine.eval import _mode, run, write_results  # engine.eval imports this module for its --dataset flag
 
     if task.name != "arc":
         raise SystemExit(f"engine-eval: --dataset votes ARC variants; {args.checkpoint} is a {task.name} checkpoint")
@@ -53,7 +53,8 @@ def evaluate(args: argparse.Namespace, ckpt: Checkpoint, task: Task, params: Sea
     vote = vote_rows(list(tasks), list(augs), inputs, results)
     puzzles = test_puzzles(args.dataset)
     if args.limit is not None:
-        puzzles = {k: v for k, v in puzzles.items() if k in set(tasks)}
+        seen = set(tasks)
+        puzzles = {k: v for k, v in puzzles.items() if k in seen}
     metrics, submission = vote.score(puzzles, PASS_KS)
     if args.submission:
         Path(args.submission).write_text(json.dumps(submission))
@@ -75,5 +76,5 @@ def evaluate(args: argparse.Namespace, ckpt: Checkpoint, task: Task, params: Sea
         "dataset": str(args.dataset),
         "submission": args.submission,
         "wall_seconds": round(wall, 3),
-        "runner": runner.mode if runner is not None else f"ray ({args.concurrency} actors)",
+        "runner": _mode(args, runner),
     }

@@ -50,8 +50,10 @@ class Grader:
     defaults: SearchParams
 
     async def one_row(self, puzzle: np.ndarray) -> bool:
-        plain = self.defaults.replace(rollouts=1, noise=0.0, waves=1, early_exit="verified", strategy="rollouts")
-        return bool((await self.solve(puzzle, plain.replace(diversity="none"))).verified)
+        plain = self.defaults.replace(
+            rollouts=1, noise=0.0, waves=1, early_exit="verified", strategy="rollouts", diversity="none"
+        )
+        return bool((await self.solve(puzzle, plain)).verified)
 
     async def grade(self, puzzle: np.ndarray, one_row: bool | None = None) -> dict:
         one_row = await self.one_row(puzzle) if one_row is None else one_row

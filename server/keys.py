@@ -131,9 +131,10 @@ class Keyring:
         if not self.keys:
             return None
         scheme, _, presented = (authorization or "").partition(" ")
+        presented_bytes, bearer = presented.strip().encode(), scheme.lower() == "bearer"
         found = None
         for key in self.keys:  # every key compared, in constant time each
-            if hmac.compare_digest(presented.strip().encode(), key.secret.encode()) and scheme.lower() == "bearer":
+            if hmac.compare_digest(presented_bytes, key.secret.encode()) and bearer:
                 found = key
         if found is None:
             raise ApiError(
