@@ -365,6 +365,9 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--max-nodes", type=int, help="nodes expanded per puzzle at most")
     c.add_argument("--max-row-steps", type=int, help="row-steps per puzzle at most")
     c.add_argument("--threshold", type=float, help="commit open cells whose masked probability reaches this")
+    c.add_argument(
+        "--agree", action="store_true", default=None, help="commit a certain cell only if the parent node agreed"
+    )
     c.add_argument("--width", type=int, help="values tried per branch (default: every legal value)")
     c.add_argument("--order", choices=ORDERS, help="most certain cell by margin (top1 - top2) or by max probability")
     c.add_argument("--no-mask", dest="mask", action="store_false", default=None, help="no legal-value mask")
@@ -426,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         max_nodes=args.max_nodes,
         max_row_steps=args.max_row_steps,
         threshold=args.threshold,
+        agree=args.agree,
         width=args.width,
         order=args.order,
         mask=args.mask,
@@ -532,6 +536,7 @@ def run_settings(args: argparse.Namespace, ckpt, task: Task, params: SearchParam
                 max_nodes=params.max_nodes,
                 max_row_steps=params.max_row_steps,
                 threshold=params.threshold,
+                agree=params.agree,
                 width=params.width,
                 order=params.order,
                 mask=params.mask,
@@ -564,7 +569,9 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
     params = grid_params(method, defaults, args.temperature, decode_steps(ckpt))
     flags = dict(steps=args.steps, rollouts=args.rollouts, max_nodes=args.max_nodes, threshold=args.threshold)
     if method == "commit":
-        flags.update(mask=args.mask, backtrack=args.backtrack, order=args.order, diversity=args.diversity)
+        flags.update(
+            mask=args.mask, backtrack=args.backtrack, order=args.order, diversity=args.diversity, agree=args.agree
+        )
     params = params.replace(**{k: v for k, v in flags.items() if v is not None})
     seed = args.seed or 0
     empty = np.full((args.generate, task.seq_len), task.blank, np.int64)
@@ -581,7 +588,7 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
         rollouts=params.rollouts,
         steps=params.steps,
         **(
-            dict(mask=params.mask, backtrack=params.backtrack, temperature=params.temperature)
+            dict(mask=params.mask, backtrack=params.backtrack, temperature=params.temperature, agree=params.agree)
             if method == "commit"
             else {}
         ),

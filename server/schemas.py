@@ -68,6 +68,9 @@ def build_requests(s: Settings) -> RequestModels:
             None, ge=1, le=s.max_rollouts * s.max_steps * s.max_nodes, description="commit: row-steps at most"
         )
         threshold: float | None = Field(None, gt=0, le=1, description="commit: cells at least this certain")
+        agree: bool | None = Field(
+            None, description="commit: a certain cell commits only if the parent node's rows answered it the same"
+        )
         width: int | None = Field(None, ge=1, le=64, description="commit: values tried per branch (default all)")
         order: Literal[ORDERS] | None = Field(None, description="commit: most certain cell by margin or max")  # type: ignore[valid-type]
         mask: bool | None = Field(None, description="commit: the rules' legal-value mask")

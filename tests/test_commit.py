@@ -261,3 +261,36 @@ def test_order_picks_the_branch_cell_by_margin_or_by_max_probability():
         filled[order] = np.flatnonzero(grid != SUDOKU.blank).tolist()
         assert grid[filled[order][0]] == 2  # the cell's most probable value first
     assert filled == {"margin": [80], "max": [0]}
+
+
+def test_agree_commits_only_the_sure_cells_the_parent_node_answered_the_same():
+    """Raw decoding (no mask, no backtracking). The first node believes a wrong value in 5 open cells, the later ones
+    the solution. Without `agree` the first node commits all its sure cells, the 5 wrong ones too, and the grid is
+    filled wrong. With `agree` the root (no parent) only branches; the second node commits the sure cells the root
+    answered the same (not the 5); the third fills the rest from the solution."""
+    puzzles, solutions = generate_puzzles(1, np.random.default_rng(2), clues=(24, 26))
+    puzzle, solution = puzzles[0].astype(np.int64), solutions[0].astype(np.int64)
+    open_cells = np.flatnonzero(puzzle == SUDOKU.blank)
+    wrong = solution.copy()
+    wrong[open_cells[-5:]] = (solution[open_cells[-5:]] - 2 + 1) % 9 + 2  # another digit in 5 cells
+    for agree in (False, True):
+        search = CommitSearch(
+            SUDOKU,
+            puzzle,
+            SearchParams(rollouts=2, strategy="commit", mask=False, backtrack="off", temperature=1.0, agree=agree),
+        )
+        grids, step = [], search.start()
+        for belief in [wrong] + [solution] * 5:
+            if isinstance(step, Final):
+                break
+            grids.append(step)
+            step = search.expanded(*Stub(belief, 0.95).rows(step))
+        assert step.finish == "filled"
+        if not agree:
+            assert len(grids) == 1 and (step.answer == wrong).all()
+            continue
+        assert len(grids) == 3 and (step.answer == solution).all()
+        first_commit = np.flatnonzero((grids[1] != SUDOKU.blank) & (puzzle == SUDOKU.blank))
+        assert len(first_commit) == 1  # the root only branched
+        second = np.flatnonzero((grids[2] != SUDOKU.blank) & (grids[1] == SUDOKU.blank))
+        assert set(second) == set(open_cells[:-5]) - set(first_commit)  # what both nodes believed

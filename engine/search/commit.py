@@ -9,8 +9,9 @@ from what the rows returned, so it is plain numpy, testable with made-up distrib
     expanded(rows)  ->  the next node's grid, or a Final answer
 
 From the rows' per-cell distributions (mapped back to the puzzle's frame and averaged), the task's legal-value mask
-removes values the rules forbid. Open cells whose masked probability reaches `threshold` are committed together; the
-node's fallback (and its only choice when none reaches it) is a branch on the open cell of largest margin (or max
+removes values the rules forbid. Open cells whose masked probability reaches `threshold` are committed together (with
+`agree`, only those the parent node answered the same: two views of the grid, as two rows would give, for no extra
+row-steps); the node's fallback (and its only choice when none reaches it) is a branch on the open cell of largest margin (or max
 probability), its legal values most probable first. Committing also commits what the mask then forces (cells left
 with one legal value); a cell left with none is a dead end: depth-first backtracking to the last untried choice,
 a restart from the puzzle, or the end of the search (`backtrack`). A filled grid built under the mask obeys the rules.
@@ -39,6 +40,7 @@ class Final:
 class _Node:
     grid: np.ndarray
     choices: list[Choice] = field(default_factory=list)  # untried children, best first
+    answer: np.ndarray | None = None  # the node's most probable value per cell (what `agree` checks its children with)
     tried: int = 0
 
 
@@ -71,7 +73,9 @@ class CommitSearch:
         i = int(np.argmax(q))
         if q[i] > self.best[0]:
             self.best = (float(q[i]), answers[i].copy())
-        self.stack.append(_Node(self.current, self._choices(self.current, probs.mean(0))))
+        p = self._masked(self.current, probs.mean(0))
+        parent = self.stack[-1].answer if self.stack else None
+        self.stack.append(_Node(self.current, self._choices(self.current, p, parent), p.argmax(-1)))
         return self._next()
 
     def uniform(self) -> Final:
@@ -80,8 +84,7 @@ class CommitSearch:
         step = self.start()
         while not isinstance(step, Final):
             self.nodes += 1
-            legal = self._legal(step)
-            self.stack.append(_Node(step, self._choices(step, legal / np.maximum(legal.sum(-1, keepdims=True), 1))))
+            self.stack.append(_Node(step, self._choices(step, self._masked(step, self._legal(step)))))
             step = self._next()
         return step
 
@@ -95,13 +98,19 @@ class CommitSearch:
             legal[:, self.task.values] = True
         return legal.astype(np.float64)
 
-    def _choices(self, grid: np.ndarray, p: np.ndarray) -> list[Choice]:
-        """A node's children, best first: the threshold commits (if any), then a branch on the most certain cell."""
-        prm = self.params
+    def _masked(self, grid: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Per-cell distributions [L, V] restricted to the legal values and renormalised (uniform over them where the
+        model gave them no mass)."""
         legal = self._legal(grid)
         p = p * legal
         mass = p.sum(-1, keepdims=True)
-        p = np.where(mass > 0, p / np.maximum(mass, 1e-30), legal / np.maximum(legal.sum(-1, keepdims=True), 1))
+        return np.where(mass > 0, p / np.maximum(mass, 1e-30), legal / np.maximum(legal.sum(-1, keepdims=True), 1))
+
+    def _choices(self, grid: np.ndarray, p: np.ndarray, parent: np.ndarray | None = None) -> list[Choice]:
+        """A node's children, best first: the threshold commits (if any), then a branch on the most certain cell.
+        `p`: masked distributions; `parent`: the parent node's answer, which `agree` holds the commits to (none at
+        the root)."""
+        prm = self.params
         open_cells = np.flatnonzero(grid == self.task.blank)
         top2 = np.sort(p[open_cells], axis=-1)[:, -2:]
         if prm.policy == "uniform":
@@ -111,6 +120,8 @@ class CommitSearch:
         order = open_cells[np.argsort(-score, kind="stable")]
         choices = []
         sure = [c for c in order if p[c].max() >= prm.threshold] if prm.policy == "model" else []
+        if prm.agree:
+            sure = [c for c in sure if parent is not None and parent[c] == np.argmax(p[c])]
         if sure:
             choices.append(self._compatible(grid, [(int(c), int(np.argmax(p[c]))) for c in sure]))
         cell = int(order[0])

@@ -44,6 +44,9 @@ class SearchParams:
     max_nodes: int = 64
     max_row_steps: int | None = None
     threshold: float = 0.9  # commit undecided cells whose (masked) probability reaches this
+    # a cell reaching the threshold commits only if the parent node's rows (another random symmetry when augmented)
+    # answered it the same: two views instead of one, at no extra row-steps (commit.py)
+    agree: bool = False
     width: int | None = None  # values tried when branching on a cell (None: every legal value)
     order: str = "margin"
     mask: bool = True  # the task's legal-value mask (and commits it forces)
