@@ -9,12 +9,13 @@ from what the rows returned, so it is plain numpy, testable with made-up distrib
     expanded(rows)  ->  the next node's grid, or a Final answer
 
 From the rows' per-cell distributions (mapped back to the puzzle's frame and averaged), the task's legal-value mask
-removes values the rules forbid. Open cells whose masked probability reaches `threshold` are committed together (with
-`agree`, only those the parent node answered the same: two views of the grid, as two rows would give, for no extra
-row-steps); the node's fallback (and its only choice when none reaches it) is a branch on the open cell of largest margin (or max
-probability), its legal values most probable first. Committing also commits what the mask then forces (cells left
-with one legal value); a cell left with none is a dead end: depth-first backtracking to the last untried choice,
-a restart from the puzzle, or the end of the search (`backtrack`). A filled grid built under the mask obeys the rules.
+removes values the rules forbid. Open cells whose masked probability reaches `threshold` are committed together
+(with `agree`, only those the parent node answered the same: two views of the grid, as two rows would give, for no
+extra row-steps); the node's fallback (and its only choice when none reaches it) is a branch on the open cell of
+largest margin (or max probability), its legal values most probable first. Committing also commits what the mask
+then forces (cells left with one legal value); a cell left with none is a dead end: depth-first backtracking to the
+last untried choice, a restart from the puzzle, or the end of the search (`backtrack`). A filled grid built under
+the mask obeys the rules.
 """
 
 from __future__ import annotations
