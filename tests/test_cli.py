@@ -140,7 +140,7 @@ def test_eval_generate_reports_validity_by_commit_decoding_and_raw(tmp_path):
     r = json.loads((tmp_path / "g.json").read_text())
     # a random net: the legal mask and backtracking still make every grid valid; they are what raw validity removes
     assert r["n"] == 3 and r["method"] == "commit" and r["validity"] == 1 and r["distinct"] == 1 and r["steps"] == 1
-    assert r["row_steps_per_grid"] > 0 and r["mask"] and r["backtrack"] == "dfs"
+    assert r["row_steps_per_grid"] > 0 and r["mask"] and r["backtrack"] == "dfs" and not r["agree"]
     eval_main(
         [
             "--checkpoint",
@@ -152,12 +152,13 @@ def test_eval_generate_reports_validity_by_commit_decoding_and_raw(tmp_path):
             "--no-mask",
             "--backtrack",
             "off",
+            "--agree",
             "--json",
             str(tmp_path / "raw.json"),
         ]
     )
     raw = json.loads((tmp_path / "raw.json").read_text())
-    assert raw["validity"] < 1 and not raw["mask"] and raw["backtrack"] == "off"
+    assert raw["validity"] < 1 and not raw["mask"] and raw["backtrack"] == "off" and raw["agree"]
     init_main([str(tmp_path / "maze"), "--preset", "maze-attn"])
     with pytest.raises(SystemExit, match="needs a fill-in solver"):
         eval_main(["--checkpoint", str(tmp_path / "maze"), "--generate", "3"])
