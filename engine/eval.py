@@ -29,6 +29,7 @@ from engine.runtime import Engine, Limits, Request, Runner, SearchResult
 from engine.search import SELECTORS, Rows, SearchParams, default_params, select
 from engine.search.params import BACKTRACK, DIVERSITY, ORDERS, POLICIES, STRATEGIES
 from engine.tasks import PuzzleError, Task, get_task
+from engine.tasks.sudoku import symmetry_class
 
 
 def read_lines(
@@ -645,14 +646,19 @@ def _mode(args: argparse.Namespace, runner: Runner | None) -> str:
 
 
 def diversity_report(grids: np.ndarray) -> dict:
-    """How varied valid Sudoku grids are: the largest deviation of a cell's digit frequency from 1/9, and the most
-    cells any two grids share."""
+    """How varied valid Sudoku grids are: the largest deviation of a cell's digit frequency from 1/9, the most cells
+    any two grids share, and the share of grids in distinct symmetry classes (a lower bound on the essentially
+    different ones: a decoder whose grids are symmetric images of a few passes the first two, not this)."""
     digits = np.asarray(grids) - 2
     freq = np.stack([(digits == d).mean(0) for d in range(9)])  # [9, 81]
     onehot = np.eye(9, dtype=np.int32)[digits].reshape(len(grids), -1)
     shared = onehot @ onehot.T
     np.fill_diagonal(shared, 0)
-    return {"digit_frequency_max_deviation": float(np.abs(freq - 1 / 9).max()), "max_shared_cells": int(shared.max())}
+    return {
+        "digit_frequency_max_deviation": float(np.abs(freq - 1 / 9).max()),
+        "max_shared_cells": int(shared.max()),
+        "distinct_up_to_symmetry": len({symmetry_class(g) for g in grids}) / len(grids),
+    }
 
 
 def _print(result: dict) -> None:

@@ -294,3 +294,20 @@ def test_agree_commits_only_the_sure_cells_the_parent_node_answered_the_same():
         assert len(first_commit) == 1  # the root only branched
         second = np.flatnonzero((grids[2] != SUDOKU.blank) & (grids[1] == SUDOKU.blank))
         assert set(second) == set(open_cells[:-5]) - set(first_commit)  # what both nodes believed
+
+
+def test_symmetry_class_is_kept_by_every_symmetry_and_tells_grids_apart():
+    """A grid's images (relabelled, transposed, lines moved) share its class; 40 random grids have 40 classes. So a
+    decoder that only re-frames one grid scores 1 / n distinct up to symmetry, however distinct its grids look."""
+    from engine.eval import diversity_report
+    from engine.tasks.sudoku import SYMMETRY_KEYS, symmetries, symmetry_class
+
+    grids = random_grids(40, np.random.default_rng(1)).astype(np.int64)
+    assert len({symmetry_class(g) for g in grids}) == 40
+    rng = np.random.default_rng(2)
+    for grid in grids[:5]:
+        images = symmetries(rng.random((16, SYMMETRY_KEYS))).apply(np.broadcast_to(grid, (16, 81)).copy())
+        assert len({symmetry_class(g) for g in images} | {symmetry_class(grid)}) == 1
+        report = diversity_report(images)
+        assert report["distinct_up_to_symmetry"] == 1 / 16 and len(np.unique(images, axis=0)) == 16
+    assert diversity_report(grids)["distinct_up_to_symmetry"] == 1

@@ -37,6 +37,34 @@ def symmetries(keys: np.ndarray) -> Symmetry:
     return Symmetry(cells, tokens)
 
 
+def symmetry_class(grid: np.ndarray) -> tuple:
+    """An invariant of a complete grid [81] under `symmetries`: grids that are images of each other get the same
+    class, so different classes mean essentially different grids (the converse need not hold: a lower bound on how
+    many essentially different grids a set holds). For every pair of rows, the digit permutation from one row to the
+    other (column by column) has a cycle type that relabelling and column moves keep; row moves only permute the
+    pairs (within a band stay within a band). Columns likewise; a transpose swaps the two sides."""
+    g = np.asarray(grid, np.int64).reshape(9, 9)
+
+    def side(rows: np.ndarray) -> tuple:
+        within, across = [], []
+        for a in range(9):
+            for b in range(a + 1, 9):
+                perm = np.empty(11, np.int64)
+                perm[rows[a]] = rows[b]
+                seen, cycles = set(), []
+                for start in rows[a]:
+                    n, x = 0, start
+                    while x not in seen:
+                        seen.add(x)
+                        x, n = perm[x], n + 1
+                    if n:
+                        cycles.append(n)
+                (within if a // 3 == b // 3 else across).append(tuple(sorted(cycles)))
+        return tuple(sorted(within)), tuple(sorted(across))
+
+    return tuple(sorted((side(g), side(g.T))))
+
+
 def _digits(tokens: np.ndarray) -> np.ndarray:
     """Tokens [81] -> 9x9 int64 digits, 0 wherever the token is not a digit (PAD, blank, out of range)."""
     t = np.asarray(tokens, dtype=np.int64).reshape(9, 9)
