@@ -180,6 +180,21 @@ def run_train(out, *extra, kill_at=-1, data=TINY_RUN):
     return subprocess.run([sys.executable, "-c", KILLABLE, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+def assert_same_saved_state(a, b):
+    """Two run directories saved the same train state and checkpoint, tensor for tensor."""
+    for part in ("train_state/state.safetensors", "checkpoint/model.safetensors"):
+        x, y = load_file(a / part), load_file(b / part)
+        assert x.keys() == y.keys()
+        for k in x:
+            assert torch.equal(x[k], y[k]), f"{part}: {k} differs"
+
+
+def run_log(run):
+    """(step, loss, eval) of every line of a run directory's log.jsonl."""
+    lines = (run / "log.jsonl").read_text().splitlines()
+    return [(e["step"], e.get("loss"), e.get("eval")) for e in map(json.loads, lines)]
+
+
 @pytest.mark.parametrize("group", [[], ["--group", "4"]], ids=["rows", "groups"])
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, group):
     straight = run_train(tmp_path / "straight", *group)
@@ -190,20 +205,10 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
     resumed = run_train(tmp_path / "killed", "--resume", data=[])  # the run recorded its data flags
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 8" in resumed.stdout
-    for part in ("train_state/state.safetensors", "checkpoint/model.safetensors"):
-        a, b = load_file(tmp_path / "straight" / part), load_file(tmp_path / "killed" / part)
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), f"{part}: {k} differs"
-
-    def log(run):
-        return [
-            (e["step"], e.get("loss"), e.get("eval"))
-            for e in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())
-        ]
-
-    assert log("killed") == log("straight")  # same numbers, nothing logged twice after the resume
-    assert [step for step, _, _ in log("killed")] == [4, 6, 8, 10, 12]
+    assert_same_saved_state(tmp_path / "straight", tmp_path / "killed")
+    log = run_log(tmp_path / "killed")
+    assert log == run_log(tmp_path / "straight")  # same numbers, nothing logged twice after the resume
+    assert [step for step, _, _ in log] == [4, 6, 8, 10, 12]
     ckpt = load_checkpoint(tmp_path / "killed" / "checkpoint")
     assert ckpt.meta["training"]["step"] == 12 and ckpt.meta["training"]["last_eval"]["n"] == 20
     data = ckpt.meta["training"]["data"]

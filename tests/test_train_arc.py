@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import KILLABLE
+from test_train import KILLABLE, assert_same_saved_state, run_log
 
 from engine.checkpoint import load_checkpoint
 from engine.datasets.arc_build import ArcBuildConfig, build_arc, read_kaggle
@@ -136,17 +136,9 @@ def runs(dataset, tmp_path_factory) -> Path:
 
 def test_a_killed_arc_run_resumes_to_the_same_state_as_an_uninterrupted_one(runs):
     assert "rank.puzzle_ids" in load_file(runs / "killed" / "train_state/state.safetensors")
-    for part in ("train_state/state.safetensors", "checkpoint/model.safetensors"):
-        a, b = load_file(runs / "straight" / part), load_file(runs / "killed" / part)
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), f"{part}: {k} differs"
-
-    def log(run):
-        lines = (runs / run / "log.jsonl").read_text().splitlines()
-        return [(e["step"], e.get("loss"), e.get("eval")) for e in map(json.loads, lines)]
-
-    assert log("killed") == log("straight") and log("killed")[-1][2]["n"] == 6
+    assert_same_saved_state(runs / "straight", runs / "killed")
+    log = run_log(runs / "killed")
+    assert log == run_log(runs / "straight") and log[-1][2]["n"] == 6
 
 
 def test_the_checkpoint_holds_the_datasets_names_and_serves_and_evaluates_by_them(runs, dataset, tmp_path):
