@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.checkpoint import Checkpoint
-from engine.datasets.official import example_ids, read_split, test_puzzles
 from engine.datasets.official import identifiers as read_identifiers
+from engine.datasets.official import read_split, test_puzzles
 from engine.search import SearchParams
 from engine.tasks import Task
 from engine.tasks.arc_augment import parse
@@ -25,8 +25,8 @@ from engine.tasks.arc_vote import PASS_KS, vote_rows
 
 def test_rows(dataset: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The test split's rows: int64 tokens [n, 900] and each row's puzzle id [n] (its variant's identifier)."""
-    sets = read_split(dataset, "test").sets.values()
-    return np.concatenate([s.inputs for s in sets]).astype(np.int64), np.concatenate([example_ids(s) for s in sets])
+    inputs, _, ids = read_split(dataset, "test").examples()
+    return inputs.astype(np.int64), ids
 
 
 def evaluate(args: argparse.Namespace, ckpt: Checkpoint, task: Task, params: SearchParams) -> dict:

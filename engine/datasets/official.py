@@ -49,11 +49,6 @@ class OfficialSet:
     group_indices: np.ndarray  # int32 [groups + 1]: first puzzle of each group, then the puzzle count
 
 
-def example_ids(s: OfficialSet) -> np.ndarray:
-    """int64 [examples]: each example's puzzle identifier (its puzzle's, repeated over the puzzle's examples)."""
-    return np.repeat(s.puzzle_identifiers, np.diff(s.puzzle_indices)).astype(np.int64)
-
-
 @dataclass(frozen=True)
 class OfficialSplit:
     metadata: dict  # dataset.json as written
@@ -66,6 +61,17 @@ class OfficialSplit:
     @property
     def vocab_size(self) -> int:
         return self.metadata["vocab_size"]
+
+    def examples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every set's examples in order: inputs and labels (dtypes as stored) and int64 puzzle ids (each example's
+        puzzle identifier, repeated over the puzzle's examples)."""
+        sets = self.sets.values()
+        ids = [np.repeat(s.puzzle_identifiers, np.diff(s.puzzle_indices)) for s in sets]
+        return (
+            np.concatenate([s.inputs for s in sets]),
+            np.concatenate([s.labels for s in sets]),
+            np.concatenate(ids).astype(np.int64),
+        )
 
 
 def metadata(**values) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.checkpoint import IDENTIFIERS, TEST_PUZZLES
 from engine.datasets import DatasetError
-from engine.datasets.official import OfficialSplit, example_ids, identifiers, read_split, test_puzzles
+from engine.datasets.official import OfficialSplit, identifiers, read_split, test_puzzles
 
 SEQ_LEN, VOCAB = 900, 12  # TRM.md §6.3: 30x30 canvas; PAD 0, EOS 1, colours 2-11
 
@@ -37,12 +37,8 @@ class ArcData:
 
 def rows(split: OfficialSplit) -> Rows:
     """All sets of a split concatenated, each example with its puzzle's identifier."""
-    sets = split.sets.values()
-    return Rows(
-        np.concatenate([s.inputs for s in sets]).astype(np.uint8),
-        np.concatenate([s.labels for s in sets]).astype(np.uint8),
-        np.concatenate([example_ids(s) for s in sets]),
-    )
+    inputs, labels, ids = split.examples()
+    return Rows(inputs.astype(np.uint8), labels.astype(np.uint8), ids)
 
 
 def read_arc_dataset(path: str | Path) -> ArcData:

@@ -103,8 +103,8 @@ def read_official_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             "trains Sudoku (81 tokens, vocabulary 11: the official build_sudoku_dataset.py's layout) only, "
             "or ARC with --task arc"
         )
-    inputs = np.concatenate([s.inputs for s in split.sets.values()]).astype(np.uint8)
-    labels = np.concatenate([s.labels for s in split.sets.values()]).astype(np.uint8)
+    inputs, labels, _ = split.examples()
+    inputs, labels = inputs.astype(np.uint8), labels.astype(np.uint8)
     _check_pairs(inputs, labels, lambda i: f"{path}/train example {i} (0-based, sets concatenated)")
     return inputs, labels
 
