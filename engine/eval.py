@@ -23,7 +23,7 @@ from tqdm import tqdm
 import kernels
 from engine import arc_eval
 from engine.checkpoint import CheckpointError, load_checkpoint
-from engine.generate import decode_steps, generation_method, generation_report, grid_params
+from engine.generate import generation_method, generation_report, grid_params
 from engine.machine import describe
 from engine.runtime import Engine, Limits, Request, Runner, SearchResult
 from engine.search import SELECTORS, Rows, SearchParams, default_params, select
@@ -567,7 +567,7 @@ def _generate(ckpt, task: Task, args: argparse.Namespace) -> None:
     if method is None:
         raise SystemExit(f"engine-eval: --generate needs a fill-in solver or a GRAM generator; {task.name} is neither")
     defaults = default_params(task.name, ckpt.arch, ckpt.config.halt_max_steps, ckpt.meta.get("search"))
-    params = grid_params(method, defaults, args.temperature, decode_steps(ckpt))
+    params = grid_params(method, ckpt, defaults, args.temperature)
     flags = dict(steps=args.steps, rollouts=args.rollouts, max_nodes=args.max_nodes, threshold=args.threshold)
     if method == "commit":
         flags.update(

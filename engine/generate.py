@@ -36,15 +36,16 @@ def generation_method(ckpt) -> str | None:
     return "commit" if get_task(ckpt.task).blank is not None else None
 
 
-def grid_params(method: str, defaults: SearchParams, temperature: float, steps: int = GRID_STEPS) -> SearchParams:
-    """Search parameters that decode one grid from the empty board. `commit`: one row, one sampled cell per node
-    (threshold 1: only what the model is certain of, or the mask forces, is committed beside it), the legal mask
-    and backtracking on; a row whose answer is already a valid grid ends it."""
+def grid_params(method: str, ckpt, defaults: SearchParams, temperature: float) -> SearchParams:
+    """Search parameters that decode one grid from the empty board with `ckpt`. `commit`: one row, one sampled cell
+    per node (threshold 1: only what the model is certain of, or the mask forces, is committed beside it) at the
+    checkpoint's `decode_steps`, the legal mask and backtracking on; a row whose answer is already a valid grid ends
+    it."""
     if method == "prior":
         return defaults.replace(rollouts=1, strategy="rollouts", diversity="none", selector="q", early_exit="off")
     return defaults.replace(
         rollouts=1,
-        steps=steps,
+        steps=decode_steps(ckpt),
         threshold=1.0,
         strategy="commit",
         diversity="augment",

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
-from engine.generate import decode_steps, generation_method, grid_params
+from engine.generate import generation_method, grid_params
 from engine.runtime import EngineStopped, Overloaded, TooLarge
 from engine.tasks.solvable import no_solution
 from server import arc, generation, stream
@@ -357,7 +357,7 @@ async def _generate(
 ) -> GenerateResponse:
     start = time.perf_counter()
     engine, method = _generator(models, body)
-    params = grid_params(method, engine.defaults, body.temperature, decode_steps(engine.ckpt))
+    params = grid_params(method, engine.ckpt, engine.defaults, body.temperature)
     # Unlike /solve (an answer should not change between calls), a generator without a seed gives new items each call
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
