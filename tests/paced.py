@@ -20,8 +20,10 @@ class PacedRunner(Runner):
     # of the small test batch, 8 rows, takes 40 ms, far above host work); row_s = 0 with step_s > 0 is a GPU's.
     row_s = 0.005
     step_s = 0.0
+    steps = 0  # steps launched: a clock in steps, which no stall of the process moves
 
     def launch(self, batch):
+        self.steps += 1
         # steps queue one after another, as on a device: this one is ready a step's time after the later of now and
         # the previous one's end
         cost = self.step_s + len(batch.slots) * self.row_s
