@@ -23,6 +23,7 @@ from tqdm import tqdm
 import kernels
 from engine import arc_eval
 from engine.checkpoint import CheckpointError, load_checkpoint
+from engine.datasets.nqueens_build import read_nqueens
 from engine.generate import generation_method, generation_report, grid_params
 from engine.machine import describe
 from engine.runtime import Engine, Limits, Request, Runner, SearchResult
@@ -249,16 +250,19 @@ def score(
 
 
 def coverage(task: Task, puzzles: np.ndarray, rows: list[Rows], counts: np.ndarray) -> dict:
-    """GRAM Table 1: validity (share of all rows that are valid answers) and coverage (distinct valid answers found
-    over the number of solutions, averaged over puzzles)."""
-    valid, cover = [], []
-    for p, r, c in zip(puzzles, rows, counts):
+    """GRAM Table 1 (the paper leaves the aggregation open, so both): validity (share of all rows that are valid
+    answers: per-sample accuracy), coverage (distinct valid answers found over the number of solutions, per puzzle
+    then averaged) and pooled coverage (all distinct valid answers found over all solutions)."""
+    valid, found = [], []
+    for p, r in zip(puzzles, rows):
         ok = r.verified if r.verified is not None else task.verify_batch(np.broadcast_to(p, r.answers.shape), r.answers)
         valid.append(ok.mean())
-        cover.append(len(np.unique(r.answers[ok], axis=0)) / c if c else 0.0)
+        found.append(len(np.unique(r.answers[ok], axis=0)))
+    found, counts = np.array(found), np.asarray(counts)
     return {
         "validity": float(np.mean(valid)),
-        "coverage": float(np.mean(cover)),
+        "coverage": float(np.mean(np.divide(found, counts, out=np.zeros(len(found)), where=counts > 0))),
+        "coverage_pooled": float(found.sum() / max(counts.sum(), 1)),
         "mean_solutions": float(counts.mean()),
     }
 
@@ -335,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--dataset",
         help="ARC: an official dataset directory (engine-data arc, or the official builder); its test split's "
-        "augmented variants are run and voted as the official evaluator does",
+        "augmented variants are run and voted as the official evaluator does. N-Queens: an engine-data nqueens "
+        "directory; its test inputs are run and scored against all their completions (accuracy and coverage)",
     )
     p.add_argument("--task", help="check that the checkpoint solves this task (e.g. arc)")
     p.add_argument("--submission", help="--dataset: write the Kaggle submission.json here")
@@ -445,18 +450,25 @@ def main(argv: list[str] | None = None) -> None:
         if args.waves:
             raise SystemExit("engine-eval: --waves needs an early exit (--early-exit verified or confident)")
         params = params.replace(waves=params.wave_limit)  # the checkpoint's default waves do not apply
-    if args.dataset:
+    if args.dataset and not task.many_answers:
         result = arc_eval.evaluate(args, ckpt, task, params)
         return _report(args, {**result, **run_settings(args, ckpt, task, params)})
     picked_by_engine = params.early_exit != "off" or params.strategy == "commit"
     if args.sweep and picked_by_engine:
         raise SystemExit("engine-eval: --sweep needs rollouts with --early-exit off (every row must run all D steps)")
     read = lambda path: read_lines(path, args.offset, args.limit, task.comment_prefix)  # noqa: E731
-    if is_table(args.puzzles):
+    counts = None
+    if args.dataset:  # a many-answer dataset: its test inputs, with every completion counted for coverage
+        split = read_nqueens(args.dataset, "test")
+        take = lambda a: a[args.offset :][: args.limit]  # noqa: E731
+        puzzles, counts = take(split.inputs).astype(np.int64), np.array([len(c) for c in take(split.completions)])
+        lines, table_solutions = [], None
+    elif is_table(args.puzzles):
         lines, table_solutions = read_table(args.puzzles, args.offset, args.limit)
     else:
         lines, table_solutions = read(args.puzzles), None
-    puzzles = encode_all(task, lines, args.puzzles)
+    if lines:
+        puzzles = encode_all(task, lines, args.puzzles)
     solutions = None
     if args.solutions or table_solutions is not None:
         path = args.solutions or args.puzzles
@@ -494,10 +506,12 @@ def main(argv: list[str] | None = None) -> None:
             row_steps_saved=round(1 - row_steps / (len(puzzles) * params.rollouts * params.steps * params.waves), 4),
             early_exits=sum(r.finish == "early_exit" for r in results),
         )
-    if args.counts or args.coverage:
-        counts = np.array(read(args.counts), dtype=np.int64) if args.counts else count_solutions(task, puzzles)
+    if args.counts or args.coverage or counts is not None:
+        if counts is None:
+            counts = np.array(read(args.counts), dtype=np.int64) if args.counts else count_solutions(task, puzzles)
         result.update(coverage(task, puzzles, rows, counts))
-    result.update(puzzles=str(args.puzzles), offset=args.offset, **run_settings(args, ckpt, task, params))
+    result.update(puzzles=str(args.dataset or args.puzzles), offset=args.offset)
+    result.update(run_settings(args, ckpt, task, params))
     result.update(
         runner=_mode(args, runner),
         wall_seconds=round(wall, 3),

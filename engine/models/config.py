@@ -21,7 +21,7 @@ class TRMConfig:
     seq_len: int
     vocab_size: int
     num_puzzle_identifiers: int = 1
-    puzzle_emb_ndim: int = 512  # 0: no puzzle vector (then puzzle_emb_len must be 0 too)
+    puzzle_emb_ndim: int = 512  # 0: no puzzle vector; the puzzle_emb_len prefix slots (if any) are then all zero
     puzzle_emb_len: int = 16  # prefix slots; 0 means ceil(puzzle_emb_ndim / hidden_size)
     hidden_size: int = 512
     num_heads: int = 8
@@ -58,10 +58,7 @@ class TRMConfig:
             "halt_max_steps",
         ):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1")
-        if self.puzzle_emb_ndim == 0:
-            # The official code would silently slice 16 grid cells off the output in this case.
-            _require(self.puzzle_emb_len == 0, "puzzle_emb_len must be 0 when puzzle_emb_ndim is 0")
-        else:
+        if self.puzzle_emb_ndim > 0:
             _require(
                 self.puzzle_emb_ndim <= self.prefix_len * self.hidden_size, "puzzle_emb_ndim does not fit the prefix"
             )
@@ -167,6 +164,20 @@ PRESETS: dict[str, dict] = {
         halt_max_steps=4,
         pos_encodings="rope",
     ),
+    # N-Queens completion (GRAM §4.2): RoPE attention as the paper's non-Sudoku core, its 16 zero-padded prefix slots
+    # (no puzzle vector), sudoku-small's width; engine-train sets seq_len from the dataset (64 or 100 cells).
+    "nqueens-small": dict(
+        seq_len=64,
+        vocab_size=3,
+        hidden_size=128,
+        num_heads=4,
+        expansion=2.0,
+        puzzle_emb_ndim=0,
+        puzzle_emb_len=16,
+        H_cycles=2,
+        L_cycles=2,
+        pos_encodings="rope",
+    ),
 }
 
 
@@ -177,6 +188,7 @@ GRAM_PRESETS: dict[str, dict] = {
     "gram-sudoku-small": dict(PRESETS["sudoku-small"]),
     "gram-sudoku-gen-small": dict(PRESETS["sudoku-small"], unconditional=True),
     "gram-sudoku-tiny": dict(PRESETS["sudoku-tiny"]),
+    "gram-nqueens-small": dict(PRESETS["nqueens-small"]),
 }
 
 

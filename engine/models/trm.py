@@ -89,9 +89,12 @@ class RecursiveNet(nn.Module):
         """x: tokens plus the puzzle prefix (slot 0 = puzzle vector, other slots zero), scaled by sqrt(hidden)."""
         c = self.config
         x = F.embedding(inputs, self.embed_tokens.weight.to(self.dtype))
-        if c.puzzle_emb_ndim > 0:
-            p = self.puzzle_emb[puzzle_ids].to(self.dtype)
-            p = F.pad(p, (0, c.prefix_len * c.hidden_size - c.puzzle_emb_ndim))
+        if c.prefix_len > 0:
+            if c.puzzle_emb_ndim > 0:
+                p = self.puzzle_emb[puzzle_ids].to(self.dtype)
+            else:  # zero-padded slots only (GRAM's N-Queens setup)
+                p = x.new_zeros(len(inputs), 0)
+            p = F.pad(p, (0, c.prefix_len * c.hidden_size - p.shape[-1]))
             x = torch.cat((p.view(-1, c.prefix_len, c.hidden_size), x), dim=-2)
         if c.pos_encodings == "learned":
             x = 0.707106781 * (x + self.embed_pos.to(self.dtype))  # keeps the forward variance

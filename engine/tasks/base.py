@@ -20,6 +20,8 @@ class Task(ABC):
     seq_len: int
     vocab_size: int
     has_rule_verifier: bool = True  # False where `check` can only judge well-formedness (ARC)
+    # True where a puzzle usually has several valid answers (N-Queens): accuracy is validity, not a match with a label
+    many_answers: bool = False
     comment_prefix: str | None = "#"  # puzzle files skip lines starting with it; None where '#' is a cell (maze)
     # Fill-in tasks (the answer keeps the puzzle and fills its blanks) name the blank token and the tokens a blank
     # may take; commit search and generation need both.

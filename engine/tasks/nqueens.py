@@ -112,9 +112,14 @@ def _completions(cells: np.ndarray) -> Iterator[list[int]]:
     yield from place(0, 0, 0, 0, [])
 
 
+def completions(puzzle_tokens: np.ndarray) -> Iterator[list[int]]:
+    """Every full board that keeps the puzzle's queens, as the queen's column in each row, in search order."""
+    return _completions(_board(puzzle_tokens))
+
+
 def count_completions(puzzle_tokens: np.ndarray, limit: int | None = None) -> int:
     """How many full boards keep the puzzle's queens, counting no further than `limit`."""
-    return sum(1 for _ in islice(_completions(_board(puzzle_tokens)), limit))
+    return sum(1 for _ in islice(completions(puzzle_tokens), limit))
 
 
 def solve(puzzle_tokens: np.ndarray) -> np.ndarray | None:
@@ -133,6 +138,7 @@ class NQueens(Task):
     whitespace ignored; nested lists: n rows of n ints, 0 empty and 1 queen."""
 
     vocab_size = 3
+    many_answers = True
 
     def __init__(self, n: int = 8):
         if n < 1:

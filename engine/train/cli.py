@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from engine.checkpoint import read_config
 from engine.datasets import DatasetError, official
+from engine.datasets.nqueens_build import read_nqueens
 from engine.models import preset
 from engine.tasks.base import PuzzleError
 from engine.tasks.sudoku import BLANK
@@ -42,7 +43,17 @@ from engine.train.data import (
 )
 from engine.train.trainer import Dist, PosteriorCollapse, Trainer, describe_eval
 
-DEFAULT_PRESET = {"trm": "cpu-small", "gram": "gram-cpu-small", "generator": "gram-gen-cpu-small", "arc": "arc-tiny"}
+DEFAULT_PRESET = {
+    "trm": "cpu-small",
+    "gram": "gram-cpu-small",
+    "generator": "gram-gen-cpu-small",
+    "arc": "arc-tiny",
+    ("nqueens", "trm"): "nqueens",
+    ("nqueens", "gram"): "gram-nqueens8",
+    ("nqueens-10", "trm"): "nqueens",
+    ("nqueens-10", "gram"): "gram-nqueens10",
+}
+QUEENS = ("nqueens", "nqueens-10")
 
 
 # The flags that choose the training data: a run records them (`TrainConfig.data`), so `--resume` needs only --out.
@@ -62,8 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         default="sudoku",
-        choices=["sudoku", "arc"],
-        help="puzzle task; arc trains on an official-layout ARC --dataset (train split, puzzle ids from the dataset)",
+        choices=["sudoku", "arc", *QUEENS],
+        help="puzzle task; arc and nqueens train on an official-layout --dataset (train split; engine-data arc or "
+        "engine-data nqueens), held out: its test split",
     )
     p.add_argument("--arch", default="trm", choices=["trm", "gram"])
     p.add_argument(
@@ -214,7 +226,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None and k != "generator"}
     model = {k: v for k, v in (("H_cycles", args.H_cycles), ("L_cycles", args.L_cycles)) if v is not None}
     if args.hidden_size:
-        model.update(hidden_size=args.hidden_size, puzzle_emb_ndim=args.hidden_size)
+        model.update(hidden_size=args.hidden_size)
+        if preset(PRESETS[preset_name(args)]["model_preset"]).puzzle_emb_ndim:  # zero-padded slots stay zero
+            model.update(puzzle_emb_ndim=args.hidden_size)
     if args.generator:
         if args.arch != "gram":
             raise SystemExit("engine-train: --generator needs --arch gram")
@@ -230,7 +244,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         meta = arc_metadata(args)
         model["num_puzzle_identifiers"] = meta["num_puzzle_identifiers"]
         overrides["ignore_label_id"] = meta["ignore_label_id"]
-    name = args.preset or DEFAULT_PRESET["arc" if args.task == "arc" else "generator" if args.generator else args.arch]
+    if args.task in QUEENS:
+        model["seq_len"] = queens_metadata(args)["seq_len"]
+    name = preset_name(args)
     try:
         cfg = train_preset(name, **overrides)
     except ValueError as e:
@@ -244,6 +260,47 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
                 f"the ARC dataset has {meta['seq_len']} over {meta['vocab_size']} (try --preset arc-tiny)"
             )
     return cfg
+
+
+def preset_name(args: argparse.Namespace) -> str:
+    if args.preset:
+        return args.preset
+    if args.task in QUEENS:
+        return DEFAULT_PRESET[args.task, args.arch]
+    return DEFAULT_PRESET["arc" if args.task == "arc" else "generator" if args.generator else args.arch]
+
+
+def queens_metadata(args: argparse.Namespace) -> dict:
+    """The N-Queens dataset's train dataset.json, after refusing what N-Queens training does not take."""
+    others = ("puzzles", "solutions", "csv", "hf", "generate", "infill", "extra_clues", "eval_puzzles", "generator")
+    if given := [f"--{name.replace('_', '-')}" for name in others if getattr(args, name)]:
+        raise SystemExit(f"engine-train: --task {args.task} trains on an N-Queens --dataset only; drop {', '.join(given)}")
+    if not args.dataset:
+        raise SystemExit(f"engine-train: --task {args.task} needs --dataset DIR (engine-data nqueens)")
+    try:
+        meta = official.read_split(args.dataset, "train").metadata
+    except DatasetError as e:
+        raise SystemExit(f"engine-train: --dataset: {e}") from None
+    side = 10 if args.task == "nqueens-10" else 8
+    if (meta["seq_len"], meta["vocab_size"]) != (side * side, 3):
+        raise SystemExit(
+            f"engine-train: --dataset holds {meta['seq_len']}-token examples over {meta['vocab_size']} tokens; "
+            f"--task {args.task} needs {side * side} over 3 (engine-data nqueens --n {side})"
+        )
+    return meta
+
+
+def load_queens(args: argparse.Namespace) -> tuple[list[Source], tuple, str]:
+    """Every (input, completion) pair of the train split, no augmentation; held out: one row per test input (its
+    first completion as the label; the trainer scores validity, so any completion counts)."""
+    train, test = read_nqueens(args.dataset, "train"), read_nqueens(args.dataset, "test")
+    x, y = np.repeat(train.inputs, [len(c) for c in train.completions], axis=0), np.concatenate(train.completions)
+    described = (
+        f"train: {args.dataset} (engine-data nqueens layout, train split: {len(x)} completions of "
+        f"{len(train.inputs)} inputs); held out: its test split ({len(test.inputs)} inputs, validity); no augmentation"
+    )
+    dev = (test.inputs, np.stack([c[0] for c in test.completions]))
+    return [Source("dataset", x, y, augment=False)], dev, described
 
 
 def arc_metadata(args: argparse.Namespace) -> dict:
@@ -400,6 +457,8 @@ def main(argv: list[str] | None = None) -> None:
     files = None
     if args.task == "arc":
         train, dev, data, files = load_arc(args)
+    elif args.task in QUEENS:
+        train, dev, data = load_queens(args)
     else:
         train, dev, data = load_data(args, cfg.seed)
     trainer = Trainer(cfg, args.task, train, dev, args.out, device, ddp, data, files)

@@ -142,6 +142,17 @@ PRESETS.update(
     }
 )
 
+# N-Queens completion on CPU (GRAM §4.2): the GRAM CPU recipe with the paper's beta per board (0.07 for 8x8, 0.045
+# for 10x10); TRM trains with the same net, data and budget. Held-out accuracy is validity (any completion counts).
+_NQUEENS = dict(_GRAM_CPU, steps=6000, eval_every=500, eval_limit=None, save_every=100, collapse_after=2000)
+PRESETS.update(
+    {
+        "gram-nqueens8": dict(_NQUEENS, model_preset="gram-nqueens-small", kl_beta=0.07),
+        "gram-nqueens10": dict(_NQUEENS, model_preset="gram-nqueens-small", kl_beta=0.045),
+        "nqueens": dict(_NQUEENS, model_preset="nqueens-small", arch="trm", loss="stablemax"),
+    }
+)
+
 
 def train_preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:

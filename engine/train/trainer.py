@@ -97,6 +97,7 @@ class Trainer:
         model_cls = GRAM if cfg.arch == "gram" else TRM
         self.model = model_cls(preset(cfg.model_preset, **{**cfg.model_overrides, "forward_dtype": dtype})).to(device)
         self.is_gram = cfg.arch == "gram"
+        self.many_answers = get_task(task).many_answers
         if ddp.world > 1:  # identical replicas, whatever each rank's init RNG did
             for t in self.model.state_dict().values():
                 dist.broadcast(t, src=0)
@@ -303,7 +304,8 @@ class Trainer:
         scored = labels != ignore if ignore is not None else np.ones_like(labels, bool)
         hits = (answers == labels) | ~scored
         cells = (hits & scored).sum(1) / np.maximum(scored.sum(1), 1)
-        sums = torch.tensor([len(answers), hits.all(1).sum(), cells.sum()], dtype=torch.float64)
+        exact = self._valid(inputs, answers) if self.many_answers else hits.all(1)
+        sums = torch.tensor([len(answers), exact.sum(), cells.sum()], dtype=torch.float64)
         n, exact, cells = self.ddp.all_reduce(sums).tolist()
         return {"n": int(n), "exact_accuracy": exact / max(n, 1), "cell_accuracy": cells / max(n, 1)}
 
@@ -324,8 +326,10 @@ class Trainer:
             parts = [len(x), 0.0, 0.0, post_hits.all(-1).sum(), post.kl.sum()]
             if not cfg.generator:
                 prior = model.trajectory(x, ids, noise=noise)
-                hits = prior.logits.argmax(-1) == y
-                parts[1:3] = hits.all(-1).sum(), hits.float().mean(-1).sum()
+                answers = prior.logits.argmax(-1)
+                hits = answers == y
+                exact = self._valid(x, answers) if self.many_answers else hits.all(-1)
+                parts[1:3] = exact.sum(), hits.float().mean(-1).sum()
                 value_err = (prior.value - hits.float().mean(-1)).abs().sum() if prior.value is not None else 0.0
             else:
                 value_err = 0.0
@@ -344,7 +348,16 @@ class Trainer:
             result.update(validity=report["validity"], distinct=report["distinct"], units=report["units"])
         else:
             result.update(exact_accuracy=exact / n, cell_accuracy=cells / n, lprm_abs_error=value_err / n)
+            result["prior_gap"] = result["posterior_exact"] - result["exact_accuracy"]  # the collapse guard's test
         return result
+
+    def _valid(self, inputs, answers) -> np.ndarray | torch.Tensor:
+        """Held-out accuracy of a many-answer task: the rule verifier (any valid completion counts, not only the
+        label). `exact_accuracy` in its log means this."""
+        task = get_task(self.task)
+        if isinstance(answers, torch.Tensor):
+            return torch.from_numpy(task.verify_batch(inputs.cpu().numpy(), answers.cpu().numpy()))
+        return task.verify_batch(inputs, answers)
 
     def collapse_reason(self, ev: dict) -> str | None:
         """Why GRAM training should stop (PTRM_GRAM.md §7), or None."""
