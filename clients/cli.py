@@ -3,6 +3,7 @@
     engine-client solve '53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79'
     engine-client solve --file puzzle.txt --rollouts 16 --early-exit verified
     engine-client solve --watch --strategy commit PUZZLE     # the grid redrawn as the search runs
+    engine-client solve --solutions 5 PUZZLE                 # up to 5 distinct solutions of an ambiguous puzzle
     engine-client generate --count 3 --kind puzzle --clues 30 --seed 1
     engine-client models
 
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--max-nodes", type=int, help="commit search: nodes expanded at most")
     s.add_argument("--timeout-s", type=float, help="the server-side deadline")
     s.add_argument("--watch", action="store_true", help="stream the search: redraw the grid after each step")
+    s.add_argument(
+        "--solutions", type=int, metavar="N", help="up to N distinct verified solutions (the server allows 1-32)"
+    )
 
     g = sub.add_parser("generate", help="sample grids or puzzles from the GRAM generator")
     g.add_argument("--count", type=int, default=1)
@@ -125,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                     task=args.task,
                     model=args.model,
                     timeout_s=args.timeout_s,
+                    solutions=args.solutions,
                     rollouts=args.rollouts,
                     steps=args.steps,
                     noise=args.noise,
@@ -139,7 +144,13 @@ def main(argv: list[str] | None = None) -> None:
                     print(json.dumps(res.raw, indent=2))
                     return
                 r = res.raw
-                print(render(r["task"], res.grid))
+                if not res.solutions:  # none asked for, or none verified: the answer as it is
+                    print(render(r["task"], res.grid))
+                for i, found in enumerate(res.solutions or []):
+                    samples = f"{found.samples} sample" + ("s" if found.samples != 1 else "")
+                    print(f"# {i + 1}: {samples}, score {found.score:.3f}")
+                    print(render(r["task"], found.grid))
+                    print()
                 verdict = {True: "yes", False: f"no, {r.get('fault')}", None: "n/a"}[res.verified]
                 print(f"verified: {verdict}")
                 print(f"confidence {res.confidence:.3f}, agreement {res.agreement:.2f} ({res.selector})")
@@ -148,6 +159,12 @@ def main(argv: list[str] | None = None) -> None:
                     print(
                         f"commit search: {r['nodes']} nodes, {r['backtracks']} backtracks, {r['row_steps']} row-steps"
                     )
+                if res.solutions is not None:
+                    known = res.coverage is not None
+                    of = f" of the puzzle's {res.count}, coverage {res.coverage:.0%}" if known else ""
+                    print(f"{len(res.solutions)} distinct solutions{of}")
+                elif res.count is not None and res.count > 1:
+                    print(f"the puzzle has {res.count} solutions (--solutions N lists them)")
             elif args.command == "generate":
                 call = watched(client.generate_stream) if args.watch else client.generate
                 res = call(args.count, args.kind, args.clues, args.seed, model=args.model, method=args.method)

@@ -7,6 +7,10 @@ as `Authorization: Bearer <key>` on every request.
 `Retry-After` when it sends one (0-60 s) and an exponential backoff with jitter otherwise (openai-python's
 `_should_retry` policy). A 504 (the server's deadline) is not retried.
 
+`solve(puzzle, solutions=N)` asks for up to N distinct verified solutions of a puzzle with several: the result's
+`solutions` (each a `Solution`: solution, grid, samples, score), `count` (the puzzle's exact number, when known) and
+`coverage`.
+
 `solve_stream` / `generate_stream` ask for Server-Sent Events and yield `Progress` events as the search runs, then the
 result (clients/stream.py); an `error` event raises the typed error; only a refusal before the stream starts is retried.
 """
@@ -80,6 +84,20 @@ class ServerError(APIError):
 
 
 @dataclass
+class Solution:
+    """One of the distinct verified solutions /solve found when asked for `solutions`."""
+
+    solution: str | list  # in the same form as the puzzle
+    grid: list
+    samples: int  # rows whose answer it was
+    score: float  # mean sigmoid(q halt) of those rows
+
+    @classmethod
+    def from_json(cls, d: dict) -> Solution:
+        return cls(d["solution"], d["grid"], d["samples"], d["score"])
+
+
+@dataclass
 class SolveResult:
     solution: str | list
     grid: list
@@ -92,11 +110,23 @@ class SolveResult:
     model: str
     timing: dict
     raw: dict = field(repr=False)
+    # with `solutions=N`: the distinct verified solutions, the most often found first (None when not asked for)
+    solutions: list[Solution] | None = None
+    count: int | None = None  # the puzzle's exact number of solutions, when the server could count them
+    coverage: float | None = None  # len(solutions) / count, when both are known
 
     @classmethod
     def from_json(cls, d: dict) -> SolveResult:
         keys = ("solution", "grid", "verified", "confidence", "agreement", "selector", "rollouts", "steps", "model")
-        return cls(**{k: d[k] for k in keys}, timing=d["timing"], raw=d)
+        found = d.get("solutions")
+        return cls(
+            **{k: d[k] for k in keys},
+            timing=d["timing"],
+            raw=d,
+            solutions=[Solution.from_json(s) for s in found] if found is not None else None,
+            count=d.get("count"),
+            coverage=d.get("coverage"),
+        )
 
 
 @dataclass
@@ -162,9 +192,10 @@ def _retry_after(response: httpx.Response) -> float | None:
     return value if 0 <= value <= 60 else None
 
 
-def solve_body(puzzle: str | list, task=None, model=None, timeout_s=None, **search) -> dict:
+def solve_body(puzzle: str | list, task=None, model=None, timeout_s=None, solutions=None, **search) -> dict:
+    """/solve's body: the top-level fields, and every other keyword (rollouts=, strategy=, ...) under `search`."""
     body: dict[str, Any] = {"puzzle": puzzle}
-    for k, v in (("task", task), ("model", model), ("timeout_s", timeout_s)):
+    for k, v in (("task", task), ("model", model), ("timeout_s", timeout_s), ("solutions", solutions)):
         if v is not None:
             body[k] = v
     search = {k: v for k, v in search.items() if v is not None}

@@ -1,13 +1,29 @@
-"""The Python clients against a mocked transport: typed errors, retries that honour Retry-After, request bodies."""
+"""The Python clients against a mocked transport: typed errors, retries that honour Retry-After, request bodies; and
+`solutions=N` (the client and `engine-client solve --solutions`) against a real server on the shipped Sudoku solver."""
 
 import asyncio
 import json
+import re
+from pathlib import Path
 
 import httpx
 import pytest
+from live import LiveServer, app_for
 
 import clients.client as client_module
-from clients import AsyncClient, BadRequest, Client, NotFound, Overloaded, ServerError, Timeout, Unavailable
+from clients import (
+    AsyncClient,
+    BadRequest,
+    Client,
+    NotFound,
+    Overloaded,
+    ServerError,
+    Solution,
+    SolveResult,
+    Timeout,
+    Unavailable,
+)
+from engine.tasks import get_task
 
 PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 OK = {
@@ -207,3 +223,87 @@ def test_cli_flags_reach_the_request_bodies_and_the_server_takes_them(client, mo
     cli.main([*top, "models"])
     assert seen[-1].url.path == "/v1/models" and seen[-1].method == "GET"
     assert json.loads(capsys.readouterr().out)[0]["id"] == "tiny"  # client.models(): the list
+
+
+# -- several solutions (`solutions=N`) ---------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+EMPTY = "." * 81  # far more solutions than the server's counter counts: no count, no coverage
+SIX = ".3...8.1267.19534..983..5.7..9..14..4...5.....13..4...9..5.7...28..1.6.5.45....7."  # exactly 6 solutions
+SUDOKU = get_task("sudoku")
+
+
+def distinct_solutions_of(puzzle: str, grids: list) -> int:
+    """How many distinct grids there are, each checked to be a solution of `puzzle`."""
+    answers = [SUDOKU.encode(g) for g in grids]
+    assert all(SUDOKU.verify(SUDOKU.encode(puzzle), a) for a in answers)
+    return len({a.tobytes() for a in answers})
+
+
+def test_solutions_goes_top_level_and_the_result_carries_them(sleeps):
+    found = {"solution": PUZZLE, "grid": [[1] * 9] * 9, "samples": 3, "score": 0.75}
+    answer = {**OK, "solutions": [found, {**found, "samples": 1}], "count": 6, "coverage": 2 / 6}
+    seen, handler = scripted(httpx.Response(200, json=answer), httpx.Response(200, json=OK))
+    with Client("http://svc", transport=httpx.MockTransport(handler)) as c:
+        res = c.solve(PUZZLE, solutions=2, rollouts=4)
+        plain = c.solve(PUZZLE)
+    assert json.loads(seen[0].content) == {"puzzle": PUZZLE, "solutions": 2, "search": {"rollouts": 4}}
+    assert res.solutions == [Solution(PUZZLE, [[1] * 9] * 9, 3, 0.75), Solution(PUZZLE, [[1] * 9] * 9, 1, 0.75)]
+    assert (res.count, res.coverage) == (6, 2 / 6)
+    assert "solutions" not in json.loads(seen[1].content)
+    assert (plain.solutions, plain.count, plain.coverage) == (None, None, None)  # an answer without the fields
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """A real uvicorn serving the shipped Sudoku solver."""
+    with LiveServer(app_for(ROOT / "checkpoints" / "sudoku-trm")) as live:
+        yield live
+
+
+def test_clients_get_several_distinct_verified_solutions_sync_async_and_streamed(shipped):
+    with Client(shipped.url) as c:
+        res = c.solve(EMPTY, solutions=3, timeout_s=60)
+        assert distinct_solutions_of(EMPTY, [s.solution for s in res.solutions]) == 3
+        assert all(s.samples >= 1 and 0 <= s.score <= 1 for s in res.solutions)
+        assert res.solution == res.solutions[0].solution and (res.count, res.coverage) == (None, None)
+        six = c.solve(SIX, solutions=3)
+        assert distinct_solutions_of(SIX, [s.grid for s in six.solutions]) == 3
+        assert (six.count, six.coverage) == (6, 0.5)
+        assert c.solve(SIX).solutions is None and c.solve(SIX).count == 6  # not asked for: no list, still the count
+        streamed = list(c.solve_stream(EMPTY, solutions=3, timeout_s=60))[-1]
+        assert isinstance(streamed, SolveResult)
+        assert distinct_solutions_of(EMPTY, [s.solution for s in streamed.solutions]) == 3
+
+    async def run():
+        async with AsyncClient(shipped.url) as ac:
+            plain = await ac.solve(SIX, solutions=4)
+            events = [e async for e in ac.solve_stream(SIX, solutions=2)]
+            return plain, events[-1]
+
+    plain, streamed = asyncio.run(run())
+    assert distinct_solutions_of(SIX, [s.grid for s in plain.solutions]) == 4 and plain.coverage == pytest.approx(4 / 6)
+    assert distinct_solutions_of(SIX, [s.grid for s in streamed.solutions]) == 2 and streamed.count == 6
+
+
+def test_cli_prints_every_solution_numbered_then_count_and_coverage(shipped, capsys):
+    from clients.cli import main as cli_main
+
+    cli_main(["--url", shipped.url, "solve", SIX, "--solutions", "3"])
+    out = capsys.readouterr().out
+    blocks = re.split(r"^# \d+: .*$", out, flags=re.M)
+    headers = re.findall(r"^# (\d+): (\d+) samples?, score (\d\.\d{3})$", out, flags=re.M)
+    assert [int(n) for n, _, _ in headers] == [1, 2, 3] and all(int(s) >= 1 for _, s, _ in headers)
+    grids = ["".join(re.findall(r"[1-9]", "\n".join(b.strip().splitlines()[:11]))) for b in blocks[1:]]
+    assert all("------+-------+------" in b for b in blocks[1:])  # drawn as the single answer is
+    assert distinct_solutions_of(SIX, grids) == 3
+    assert "verified: yes" in out and "3 distinct solutions of the puzzle's 6, coverage 50%" in out
+
+    cli_main(["--url", shipped.url, "solve", EMPTY, "--solutions", "2", "--timeout-s", "60"])
+    out = capsys.readouterr().out
+    assert re.findall(r"^# (\d+):", out, flags=re.M) == ["1", "2"]
+    assert "2 distinct solutions\n" in out and "coverage" not in out  # the empty grid's count is not known
+
+    cli_main(["--url", shipped.url, "solve", SIX])  # no --solutions: one answer, and the hint
+    out = capsys.readouterr().out
+    assert "# 1" not in out and "the puzzle has 6 solutions (--solutions N lists them)" in out
