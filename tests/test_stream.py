@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -23,6 +24,7 @@ from engine.search import SearchParams
 from engine.tasks import get_task
 
 SUDOKU = get_task("sudoku")
+ROOT = Path(__file__).resolve().parents[1]
 HARD = "8..........36......7..9.2...5...7.......457.....1...3...1....68..85...1..9....4.."  # the mask alone cannot
 FAST = dict(stream_max_events_per_s=10_000)  # every step's event goes out
 
@@ -226,6 +228,23 @@ def test_generate_streams_its_samples_and_ends_with_the_plain_response(fast):
     assert [p["node"] for p in progress] == sorted(p["node"] for p in progress)
     result = json.loads(events[-2][1])
     assert comparable(result) == comparable(fast.post("/generate", json=body).json()) and result["items"]
+
+
+def test_a_streamed_solve_with_solutions_ends_with_them_in_its_result():
+    """`"solutions": 3` on the empty grid (far more solutions than the counter counts), streamed: progress events, then
+    a result with 3 distinct verified solutions, as the plain call would answer."""
+    with TestClient(app_for(ROOT / "checkpoints" / "sudoku-trm", **FAST)) as c:
+        wait_ready(c)
+        events = stream(c, "/solve", {"puzzle": "." * 81, "solutions": 3, "timeout_s": 60})
+    assert names(events)[-len("result done") :] == "result done" and events[0][0] == "progress"
+    result = json.loads(events[-2][1])
+    answers = [SUDOKU.encode(s["solution"]) for s in result["solutions"]]
+    assert len(answers) == 3 and len({a.tobytes() for a in answers}) == 3
+    assert all(SUDOKU.verify(SUDOKU.encode("." * 81), a) for a in answers)
+    assert all(np.array_equal(SUDOKU.encode(s["grid"]), a) for s, a in zip(result["solutions"], answers))
+    assert all(s["samples"] >= 1 and 0 <= s["score"] <= 1 for s in result["solutions"])
+    assert result["verified"] and result["solution"] == result["solutions"][0]["solution"]
+    assert result["count"] is None and result["coverage"] is None
 
 
 def test_openapi_documents_the_stream(fast):
