@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from live import PUZZLE, LiveServer, app_for, missing, wait_ready
 
+from engine.tasks import get_task
 from server.app import create_app
 from server.settings import Settings
 
@@ -19,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "server" / "static"
 SOLUTION = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
 HARD = "8..........36......7..9.2...5...7.......457.....1...3...1....68..85...1..9....4.."
+SIX = ".3...8.1267.19534..983..5.7..9..14..4...5.....13..4...9..5.7...28..1.6.5.45....7."  # exactly 6 solutions
+SUDOKU = get_task("sudoku")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
@@ -120,6 +123,48 @@ def test_solving_the_readme_puzzle_shows_the_verified_grid(page, tmp_path):
     assert re.search(r"events\s+[1-9]", stats) and "finish" in stats  # progress events came before the result
     shot = Path(os.environ.get("TRM_SCREENSHOT") or tmp_path / "page.png")  # set it to refresh docs/screenshot.png
     assert driver.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _found(driver) -> list[tuple[str, str]]:
+    """The small grids of the distinct solutions: (digits, caption) each."""
+    found = []
+    for figure in driver.find_elements("css selector", "#found .solution"):
+        digits = "".join(c.text or "." for c in figure.find_elements("css selector", ".cell"))
+        found.append((digits, figure.find_element("tag name", "figcaption").text))
+    return found
+
+
+def _solve_for(driver, puzzle: str, solutions: int):
+    for element_id, value in (("puzzle", puzzle), ("solutions", str(solutions))):
+        driver.find_element("id", element_id).clear()
+        driver.find_element("id", element_id).send_keys(value)
+    driver.find_element("id", "solve").click()
+    _wait(driver, lambda d: _text(d, "status").startswith("Verified") and _idle(d))
+
+
+def test_solutions_shows_the_distinct_solutions_side_by_side_with_count_and_coverage(page, tmp_path):
+    driver, live, _ = page
+    driver.get(live.url + "/")
+    _wait(driver, lambda d: "sudoku-trm" in _text(d, "model"), 10)
+    _solve_for(driver, SIX, 3)
+    found = _found(driver)
+    assert len(found) == 3 and len({digits for digits, _ in found}) == 3
+    puzzle = SUDOKU.encode(SIX)
+    assert all(SUDOKU.verify(puzzle, SUDOKU.encode(digits)) for digits, _ in found)
+    assert all(re.fullmatch(r"#\d: \d+ samples?, score \d\.\d{3}", caption) for _, caption in found)
+    assert [caption[:2] for _, caption in found] == ["#1", "#2", "#3"]
+    assert _digits(driver) == found[0][0]  # the big grid still shows the answer: the solution found most often
+    assert _text(driver, "coverage") == "3 distinct solutions of the puzzle's 6 (coverage 50%)"
+    assert driver.save_screenshot(str(tmp_path / "solutions.png"))
+
+    _solve_for(driver, "." * 81, 3)  # far more solutions than are counted
+    found = _found(driver)
+    assert len({digits for digits, _ in found}) == 3 and all(re.fullmatch(r"[1-9]{81}", d) for d, _ in found)
+    assert _text(driver, "coverage") == "3 distinct solutions (the puzzle's count is not known)"
+
+    _solve_for(driver, SIX, 1)  # the default: one answer, no small grids, and a word that there are more
+    assert _found(driver) == [] and re.fullmatch(r"[1-9]{81}", _digits(driver))
+    assert _text(driver, "coverage") == 'The puzzle has 6 solutions: ask for more with "solutions".'
 
 
 def test_generate_builds_a_grid_on_the_page(page):

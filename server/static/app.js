@@ -17,12 +17,16 @@ let controller = null;
 // -- the grid ------------------------------------------------------------------------------------------------------
 
 function buildGrid(rows, cols) {
-  const grid = $("grid");
+  $("grid").className = "";
+  cells = fillGrid($("grid"), rows, cols);
+}
+
+// rows x cols cells in `grid` (Sudoku's boxes ruled), returned in reading order
+function fillGrid(grid, rows, cols) {
   grid.replaceChildren();
-  grid.className = "";
   grid.style.gridTemplateColumns = `repeat(${cols}, auto)`;
   const boxes = rows === 9 && cols === 9;
-  cells = [];
+  const made = [];
   for (let r = 0; r < rows; r++) {
     for (let c = 0; c < cols; c++) {
       const cell = document.createElement("div");
@@ -31,9 +35,43 @@ function buildGrid(rows, cols) {
       if (boxes && c % 3 === 2 && c < 8) cell.classList.add("box-right");
       if (boxes && r % 3 === 2 && r < 8) cell.classList.add("box-bottom");
       grid.appendChild(cell);
-      cells.push(cell);
+      made.push(cell);
     }
   }
+  return made;
+}
+
+// With `solutions`: the distinct solutions side by side as small grids (when more than one), and the count and
+// coverage; without, a hint when the puzzle has several. r: the /solve response (null clears).
+function showSolutions(r, given = []) {
+  const found = (r && r.solutions) || [];
+  $("found").replaceChildren(...(found.length > 1 ? found.map((s, i) => miniGrid(s, i, given)) : []));
+  let text = "";
+  if (r && r.solutions) {
+    text = `${found.length} distinct solution${found.length === 1 ? "" : "s"}`;
+    if (r.coverage !== null) text += ` of the puzzle's ${r.count} (coverage ${Math.round(100 * r.coverage)}%)`;
+    else text += " (the puzzle's count is not known)";
+  } else if (r && r.count > 1) text = `The puzzle has ${r.count} solutions: ask for more with "solutions".`;
+  $("coverage").textContent = text;
+}
+
+function miniGrid(s, i, given) {
+  const figure = document.createElement("figure");
+  const grid = document.createElement("div");
+  const caption = document.createElement("figcaption");
+  const digits = s.grid.flat();
+  const n = Math.round(Math.sqrt(digits.length));
+  figure.className = "solution";
+  grid.className = "mini";
+  grid.setAttribute("role", "grid");
+  grid.setAttribute("aria-label", `solution ${i + 1}`);
+  fillGrid(grid, n, n).forEach((cell, j) => {
+    cell.textContent = digits[j] ? String(digits[j]) : "";
+    cell.classList.toggle("given", !!given[j]);
+  });
+  caption.textContent = `#${i + 1}: ${s.samples} sample${s.samples === 1 ? "" : "s"}, score ${s.score.toFixed(3)}`;
+  figure.append(grid, caption);
+  return figure;
 }
 
 // digits, given: flat arrays; agreement: flat array or null; committed: a Set of flat cell indices
@@ -224,10 +262,13 @@ function solve() {
   paint(puzzle, given);
   const search = { strategy: $("strategy").value, seed: Number($("seed").value) };
   for (const k of ["rollouts", "steps"]) if ($(k).value) search[k] = Number($(k).value);
+  const body = { puzzle: text.replace(/\s+/g, ""), search };
+  if (Number($("solutions").value) > 1) body.solutions = Number($("solutions").value); // 1: the plain answer
+  showSolutions(null);
   status("Submitting…");
   stream(
     "solve",
-    { puzzle: text.replace(/\s+/g, ""), search },
+    body,
     (e, events, ms) => {
       const consensus = e.grid.flat();
       const node = e.node_grid ? e.node_grid.flat() : null;
@@ -240,6 +281,7 @@ function solve() {
     },
     (r, events, ms) => {
       paint(r.grid.flat(), given);
+      showSolutions(r, given);
       $("grid").classList.toggle("verified", r.verified === true);
       $("grid").classList.toggle("wrong", r.verified === false);
       stats([
@@ -267,6 +309,7 @@ function generate() {
   buildGrid(9, 9);
   const none = new Array(81).fill(false);
   paint(new Array(81).fill(0), none);
+  showSolutions(null);
   status("Generating…");
   const body = { count: 1, kind };
   if ($("gen-seed").value !== "") body.seed = Number($("gen-seed").value); // empty: a fresh grid every time
