@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from engine.generate import generation_method, grid_params
 from engine.runtime import EngineStopped, Overloaded, TooLarge
 from engine.tasks.solvable import no_solution
-from server import arc, generation, stream
+from server import arc, docs, generation, stream
 from server.errors import ApiError, ClientDisconnected, install
 from server.keys import Key, Keyring, configured_keys
 from server.metrics import CONTENT_TYPE, Metrics
@@ -31,6 +31,7 @@ from server.middleware import RequestContext
 from server.models import ModelNotFound, Models, Solver, card, load_models, scrub_paths
 from server.schemas import ErrorResponse, GenerateResponse, ModelList, SolveResponse, build_requests
 from server.settings import Settings
+from server.solutions import solve_many
 from server.shutdown import Drain, drain
 from server.stream import Watch
 
@@ -43,6 +44,7 @@ ERRORS = {
         (401, "a valid API key is required (when the service has keys): Authorization: Bearer <key>"),
         (404, "unknown model, or no generator loaded"),
         (413, "request body too large"),
+        (415, "a body without Content-Type: application/json"),
         (422, "invalid request, puzzle or JSON body (the message names the field, row, cell or JSON fault)"),
         (429, "overloaded; retry after the Retry-After header's seconds"),
         (503, "loading or draining"),
@@ -77,11 +79,14 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
         version="0.1.0",
         summary="Inference-time search for Tiny Recursive Models: /solve by K noisy rollouts, /generate with GRAM",
         lifespan=lifespan,
+        docs_url=None,  # served by server/docs.py from local assets
+        redoc_url=None,
     )
     app.state.settings, app.state.metrics, app.state.keyring = settings, metrics, keyring
     app.state.phase, app.state.models, app.state.load_error = "loading", None, None
     app.state.drain = Drain()
     install(app)
+    docs.install(app)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     def get_models(request: Request) -> Models:
@@ -127,7 +132,7 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
         return ModelList(data=[card(m, settings.checkpoint_root) for m in models.all()])
 
     solve_responses = {200: {"content": stream.OPENAPI}} | {
-        c: ERRORS[c] for c in (400, 401, 404, 413, 422, 429, 503, 504)
+        c: ERRORS[c] for c in (400, 401, 404, 413, 415, 422, 429, 503, 504)
     }
 
     @app.post("/solve", tags=["solve"], responses=solve_responses)
@@ -143,7 +148,7 @@ def create_app(settings: Settings | None = None, loader=load_models) -> FastAPI:
         )
 
     generate_responses = {200: {"content": stream.OPENAPI}} | {
-        c: ERRORS[c] for c in (400, 401, 404, 413, 422, 429, 503)
+        c: ERRORS[c] for c in (400, 401, 404, 413, 415, 422, 429, 503)
     }
 
     @app.post("/generate", tags=["generate"], responses=generate_responses)
@@ -297,27 +302,32 @@ async def _solve(
         if task.name == "arc":
             window = max(1, settings.max_queued_requests // 4)
             return await arc.solve(solver, body, params, request.state.request_id, window, key, watch, start)
-        result = await _search(solver, tokens, params, request, key, watch)
+        search = lambda x, p, sample: _search(solver, x, p, request, key, watch, sample)  # noqa: E731
+        many = await solve_many(solver, tokens, params, body.solutions or 1, settings.max_rollouts, search)
     except (Overloaded, TooLarge, EngineStopped) as e:  # refused at admission: count why
         metrics.rejections.labels(solver.name, _reason(e)).inc()
         raise
-    answer = result.answer
+    result = many.result
+    answer = many.found[0].answer if many.found else result.answer
+    verified = True if many.found else result.verified
     grid = task.decode(answer)
+    form = task.to_text if isinstance(body.puzzle, str) else task.decode
     fault = None
-    if task.has_rule_verifier and not result.verified:
+    if task.has_rule_verifier and not verified:
         fault = task.check(tokens, answer)
+    found = many.found[: body.solutions] if body.solutions else None
     t = result.timing
     return SolveResponse(
-        solution=task.to_text(answer) if isinstance(body.puzzle, str) else grid,
+        solution=form(answer),
         grid=grid,
-        verified=result.verified,
+        verified=verified,
         fault=fault,
         confidence=result.selection.confidence,
         agreement=result.selection.agreement,
         selector=result.selection.selector,
-        rollouts=result.rollouts,
+        rollouts=many.rollouts,
         steps=result.steps,
-        row_steps=result.row_steps,
+        row_steps=many.row_steps,
         finish=result.finish,
         strategy=params.strategy,
         diversity=params.diversity,
@@ -325,6 +335,14 @@ async def _solve(
         nodes=result.nodes,
         backtracks=result.backtracks,
         committed=result.committed,
+        solutions=[
+            {"solution": form(f.answer), "grid": task.decode(f.answer), "samples": f.samples, "score": f.score}
+            for f in found
+        ]
+        if found is not None
+        else None,
+        count=many.count,
+        coverage=len(found) / many.count if found is not None and many.count else None,
         model=solver.name,
         task=task.name,
         request_id=result.request_id,

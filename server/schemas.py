@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from engine.search.params import BACKTRACK, DIVERSITY, EARLY_EXIT, ORDERS, SELECTORS, STRATEGIES
 from engine.tasks.carve import CLUE_FLOOR
@@ -23,12 +24,14 @@ STREAM_DOC = (
     "answer with Server-Sent Events (as does `Accept: text/event-stream`): `progress` after supervision steps, then "
     "`result` (this response body) or `error`, then `done`"
 )
+PUZZLE_FIELDS = ("clues", "minimal", "difficulty")  # /generate fields for kind "puzzle" only
 SUDOKU_EXAMPLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 
 
 class Strict(BaseModel):
-    # strict: no "4" -> 4 or true -> 1 coercion at the HTTP boundary (an int still passes as a float)
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # strict: no "4" -> 4 or true -> 1 coercion at the HTTP boundary (an int still passes as a float); Python's JSON
+    # parser reads NaN and Infinity, which would otherwise fail a bound ("less than or equal to 10") and say so
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,21 @@ def build_requests(s: Settings) -> RequestModels:
             None, gt=0, le=s.max_timeout_s, description=f"deadline; default {s.default_timeout_s} s"
         )
         stream: bool = Field(False, description=STREAM_DOC)
+        solutions: int | None = Field(
+            None,
+            ge=1,
+            le=s.max_solutions,
+            description="up to this many distinct verified solutions, for puzzles with several (N-Queens, an "
+            "ambiguous Sudoku), in `solutions`, with `count` and `coverage` where the exact count is known",
+        )
+
+        @field_validator("puzzle", mode="before")
+        @classmethod
+        def _puzzle_not_null(cls, value):
+            # an explicit null is a client bug, not an omitted field: "Field required" would hide that it was sent
+            if value is None:
+                raise PydanticCustomError("null_puzzle", "must not be null (leave it out for ARC's `test_index`)")
+            return value
 
     class GenerateRequest(Strict):
         task: Literal["sudoku"] = "sudoku"
@@ -143,6 +161,19 @@ def build_requests(s: Settings) -> RequestModels:
         timeout_s: float | None = Field(None, gt=0, le=s.max_timeout_s)
         stream: bool = Field(False, description=STREAM_DOC)
 
+        @model_validator(mode="after")
+        def _fields_apply(self):
+            """A field sent where it does not apply is refused, not silently ignored."""
+            sent = self.model_fields_set
+            if self.kind == "grid" and (unused := [f for f in PUZZLE_FIELDS if f in sent]):
+                fields = " and ".join(f"`{f}`" for f in unused)
+                verb = "applies" if len(unused) == 1 else "apply"
+                raise PydanticCustomError("not_applicable", f"{fields} {verb} to kind 'puzzle' only, not 'grid'")
+            if self.minimal and "clues" in sent:
+                message = "`clues` does not apply to minimal puzzles (their clue count is what the carving leaves)"
+                raise PydanticCustomError("not_applicable", message)
+            return self
+
     return RequestModels(SearchIn, SolveRequest, GenerateRequest)
 
 
@@ -158,6 +189,13 @@ class ArcAttempt(BaseModel):
     votes: int = Field(description="rows (variants x rollouts) whose prediction, mapped back, is this grid")
     share: float = Field(description="votes / all votes")
     mean_q: float = Field(description="mean sigmoid(q halt logit) of its votes, the tie-break")
+
+
+class FoundSolution(BaseModel):
+    solution: Puzzle = Field(description="a verified solution, in the same form as the puzzle")
+    grid: list[Any]
+    samples: int = Field(description="rows (samples) whose answer it was")
+    score: float = Field(description="mean sigmoid(q halt) of those rows")
 
 
 class SolveResponse(BaseModel):
@@ -184,6 +222,13 @@ class SolveResponse(BaseModel):
         None, description="ARC: the two best candidates of the vote over variants (Kaggle's attempt_1, attempt_2)"
     )
     variants: int | None = Field(None, description="ARC: augmented variants run")
+    solutions: list[FoundSolution] | None = Field(
+        None, description="with `solutions`: the distinct verified solutions found, the most often found first"
+    )
+    count: int | None = Field(
+        None, description="the puzzle's number of solutions, from the exact counter (None: unknown, or 1,000 or more)"
+    )
+    coverage: float | None = Field(None, description="with `solutions`: distinct solutions found / `count`")
     model: str
     task: str
     request_id: str

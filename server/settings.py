@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -27,7 +28,8 @@ def default_root() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TRM_", extra="forbid")
+    # hide_input_in_errors: a refused setting's message must not echo an API key
+    model_config = SettingsConfigDict(env_prefix="TRM_", extra="forbid", hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -48,6 +50,7 @@ class Settings(BaseSettings):
     max_steps: int = Field(64, ge=1)
     max_nodes: int = Field(256, ge=1)  # commit search: nodes one request may expand
     max_waves: int = Field(8, ge=1)  # rollouts: rounds of K fresh rows one request may run
+    max_solutions: int = Field(32, ge=1)  # /solve's `solutions`: distinct answers one request may ask for
     max_timeout_s: float = Field(300.0, gt=0)
     default_timeout_s: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(64 * 1024, ge=256)
@@ -74,7 +77,19 @@ class Settings(BaseSettings):
     @field_validator("api_key", mode="before")
     @classmethod
     def _split_keys(cls, value):
-        return [k.strip() for k in value.split(",") if k.strip()] if isinstance(value, str) else value
+        """TRM_API_KEY's comma-separated keys (a string), or --api-key's (a list). An empty key is refused, naming
+        where it came from: dropping it would quietly turn keys off (TRM_API_KEY=" , "), and a key with surrounding
+        whitespace could never match (the presented key is stripped)."""
+        if isinstance(value, str):
+            keys = [k.strip() for k in value.split(",")]
+            if not all(keys):
+                message = "TRM_API_KEY holds an empty key (blank, or empty between commas)"
+                raise PydanticCustomError("empty_key", message)
+            return keys
+        if any(isinstance(k, str) and (not k.strip() or k != k.strip()) for k in value):
+            message = "--api-key was given an empty key, or one with surrounding whitespace"
+            raise PydanticCustomError("empty_key", message)
+        return value
 
     def resolve(self, name: str) -> Path:
         """A checkpoint argument as given if it exists, else under checkpoint_root."""
