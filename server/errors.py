@@ -6,6 +6,7 @@
 | no API key, or a wrong one (when keys are configured) | 401 + WWW-Authenticate: Bearer | unauthorized |
 | Content-Length and Transfer-Encoding both sent | 400 | bad_request |
 | body over the size limit | 413 | payload_too_large |
+| a body sent without `Content-Type: application/json` | 415 | unsupported_media_type |
 | unknown model, no generator loaded, unknown route | 404 | not_found |
 | Overloaded (caps, or the deadline cannot be met), a key's quota | 429 + Retry-After | overloaded |
 | loading, draining (EngineStopped), cut off by the drain timeout | 503 + Retry-After | unavailable |
@@ -117,6 +118,14 @@ def _validation_message(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
+        if isinstance(exc.body, bytes):
+            # FastAPI reads a body as JSON only under a JSON Content-Type (curl -d alone sends a form type). Refused
+            # rather than read as JSON anyway: a form or text/plain POST is one a web page may send cross-site
+            # without a CORS preflight
+            content_type = request.headers.get("content-type")
+            sent = f"Content-Type {content_type!r}" if content_type else "no Content-Type header"
+            message = f"body: send JSON with the header Content-Type: application/json (this request has {sent})"
+            return error_response(415, "unsupported_media_type", message)
         return error_response(422, "invalid_request", _validation_message(exc))
 
     @app.exception_handler(HTTPException)
