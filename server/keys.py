@@ -1,7 +1,7 @@
 """API keys and per-key quotas (issue 27).
 
-Keys come from `--api-key KEY` (repeatable) or `TRM_API_KEY` (comma-separated), named `key-1`, `key-2`, ..., and from
-`--api-keys-file F`, a TOML file with one `[[keys]]` table per key:
+Keys come from `TRM_API_KEY` (comma-separated) or `--api-key KEY` (repeatable; it shows in `ps`, so engine-serve warns),
+named `key-1`, `key-2`, ..., and from `--api-keys-file F`, a TOML file with one `[[keys]]` table per key:
 
     [[keys]]
     name = "alice"                     # what logs, metrics and messages show; never the secret
@@ -13,6 +13,9 @@ With keys configured, /solve, /generate and /v1/models (and /metrics with `--met
 `Authorization: Bearer <key>`; a missing or wrong key gets 401 with `WWW-Authenticate: Bearer`. A presented key is
 compared with every configured one in constant time (`hmac.compare_digest`), so the answer's timing does not tell how
 much of a guess was right. Without keys every request is one anonymous tenant, as before.
+
+An empty key, or one with surrounding whitespace (it could never match: a presented key is stripped), is refused at
+startup naming where it came from; dropping it instead could quietly turn keys off.
 
 Quotas are per key: past `max_concurrent`, or with the key's row-step budget spent, a 429 names the limit and its
 Retry-After says when it frees: a token bucket of `row_steps_per_minute` tokens refilled continuously; a request is
@@ -62,6 +65,9 @@ def read_keys_file(path: str | Path) -> list[Key]:
             raise ValueError(f"{where}: unknown field(s) {sorted(set(t) - FIELDS)}; known: {sorted(FIELDS)}")
         if not isinstance(t.get("name"), str) or not t["name"] or not isinstance(t.get("key"), str) or not t["key"]:
             raise ValueError(f"{where}: needs a non-empty `name` and `key`")
+        if not t["key"].strip() or t["key"] != t["key"].strip():
+            problem = "`key` is blank or has surrounding whitespace (it could never match)"
+            raise ValueError(f"{where} ({t['name']}): {problem}")
         limits = {k: t[k] for k in ("max_concurrent", "row_steps_per_minute") if k in t}
         for k, v in limits.items():
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -10,6 +10,7 @@ import logging
 
 import torch
 import uvicorn
+from pydantic import ValidationError
 
 from server.app import create_app
 from server.logs import setup_logging
@@ -42,6 +43,11 @@ FLAGS = {  # flag -> (settings field, type, help)
 
 
 def parse(argv: list[str] | None = None) -> Settings:
+    return settings_from(arguments(argv))
+
+
+def arguments(argv: list[str] | None = None) -> dict:
+    """The flags given (those left out are absent, so the environment's settings stand)."""
     p = argparse.ArgumentParser(prog="engine-serve", description=__doc__)
     p.add_argument(
         "--checkpoint",
@@ -58,19 +64,34 @@ def parse(argv: list[str] | None = None) -> Settings:
         action="append",
         dest="api_key",
         metavar="KEY",
-        help="require Authorization: Bearer KEY (repeatable; TRM_API_KEY, comma-separated)",
+        help="require Authorization: Bearer KEY (repeatable); other users see it in `ps`: prefer TRM_API_KEY "
+        "(comma-separated) or --api-keys-file",
     )
     p.add_argument("--api-keys-file", dest="api_keys_file", help="TOML file of named keys with quotas (README)")
     p.add_argument(
         "--metrics-auth", action="store_const", const=True, dest="metrics_auth", help="/metrics needs a key too"
     )
-    args = vars(p.parse_args(argv))
-    return Settings(**{k: v for k, v in args.items() if v is not None})
+    return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+
+
+def settings_from(args: dict) -> Settings:
+    """Settings from the environment and the flags; a refused one exits naming it (never echoing its value: keys)."""
+    try:
+        return Settings(**args)
+    except ValidationError as e:
+        faults = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
+        raise SystemExit(f"engine-serve: {faults}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse(argv)
+    args = arguments(argv)
+    settings = settings_from(args)
     setup_logging(settings.log_level)
+    if args.get("api_key"):
+        logging.getLogger("server").warning(
+            "an API key given with --api-key shows in the process list (`ps`) to every user of this machine: "
+            "prefer TRM_API_KEY or --api-keys-file"
+        )
     if settings.threads:
         torch.set_num_threads(settings.threads)
     for path, required in settings.checkpoint_paths():
@@ -83,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     if not app.state.keyring.enabled and settings.host not in LOOPBACK:
         logging.getLogger("server").warning(
             f"no API key configured and bound to {settings.host}: anyone who can reach port {settings.port} may use "
-            "the service (--api-key or --api-keys-file)"
+            "the service (TRM_API_KEY or --api-keys-file)"
         )
     config = uvicorn.Config(app, host=settings.host, port=settings.port, **uvicorn_options(settings))
     DrainingServer(config, app, settings.drain_timeout_s).run()

@@ -10,12 +10,14 @@ import threading
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from live import PUZZLE, LiveServer, app_for, error_of, metric, solver, wait_ready
 
 from clients import Client, Unauthorized
 from clients.cli import main as client_main
 from server.keys import Key, configured_keys, read_keys_file
 from server.main import parse
+from server.settings import Settings
 
 SECRET = "sk-test-0123456789"
 KEYS_FILE = f"""
@@ -152,3 +154,68 @@ def test_clients_send_the_key_from_the_argument_or_the_environment(ckpt_dir, mon
         client_main(["--url", live.url, "--api-key", SECRET, "--json", "solve", PUZZLE, "--rollouts", "1"])
         assert json.loads(capsys.readouterr().out)["model"] == "tiny"
         assert httpx.get(live.url + "/v1/models").status_code == 401
+
+
+def test_a_near_miss_key_or_an_empty_bearer_gets_401(keyed):
+    """Issue 34: only the exact key passes: one byte off, a prefix, the key plus one character, and `Bearer ` with
+    nothing after it are all refused."""
+    off_by_one_byte = SECRET[:-1] + chr(ord(SECRET[-1]) ^ 1)
+    for presented in (off_by_one_byte, SECRET[:-1], SECRET[:4], SECRET + "0", ""):
+        r = keyed.get("/v1/models", headers={"Authorization": f"Bearer {presented}"})
+        assert r.status_code == 401 and error_of(r)["type"] == "unauthorized", presented
+    assert keyed.get("/v1/models", headers=bearer(SECRET)).status_code == 200
+
+
+def test_an_empty_key_stops_the_start_naming_its_source(ckpt_dir, tmp_path, monkeypatch):
+    """Issue 34: an empty or whitespace-only key from the flags, the environment or the keys file (there, any
+    surrounding whitespace: it could never match) is refused at start, naming where it came from; TRM_API_KEY=" , "
+    once turned keys off instead. The message never echoes a key."""
+    from server.main import main
+
+    class Started(Exception):
+        pass
+
+    def serving(*args):  # a start that got past the keys stops here instead of serving
+        raise Started
+
+    monkeypatch.setattr("server.main.DrainingServer", serving)
+    serve = ["--checkpoint", str(ckpt_dir)]
+    monkeypatch.delenv("TRM_API_KEY", raising=False)
+    for argv in (["--api-key", ""], ["--api-key", "   "], ["--api-key", SECRET, "--api-key", f" {SECRET}"]):
+        with pytest.raises(SystemExit, match="--api-key was given an empty key") as e:
+            main(serve + argv)
+        assert SECRET not in str(e.value)
+    for value in ("", "  ", " , ", f"{SECRET},", f"{SECRET}, ,sk-other"):
+        monkeypatch.setenv("TRM_API_KEY", value)
+        with pytest.raises(SystemExit, match="TRM_API_KEY holds an empty key") as e:
+            main(serve)
+        assert SECRET not in str(e.value) and "sk-other" not in str(e.value)
+    monkeypatch.delenv("TRM_API_KEY")
+    with pytest.raises(ValidationError) as e:  # as Ray Serve replicas build theirs: the error hides the input
+        Settings(api_key=[SECRET, ""])
+    assert "--api-key was given an empty key" in str(e.value) and SECRET not in str(e.value)
+    path = tmp_path / "keys.toml"
+    for key in ("   ", f" {SECRET}", f"{SECRET}\n"):
+        path.write_text(f"[[keys]]\nname = 'alice'\nkey = {json.dumps(key)}\n")
+        message = "[[keys]] table 1 (alice): `key` is blank or has surrounding whitespace"
+        with pytest.raises(SystemExit, match=re.escape(f"API keys file {path}, {message}")) as e:
+            main(serve + ["--api-keys-file", str(path)])
+        assert SECRET not in str(e.value)
+    with pytest.raises(Started):  # a good key starts
+        main(serve + ["--api-key", SECRET])
+
+
+def test_a_key_on_the_command_line_is_warned_about(tmp_path, monkeypatch, capsys):
+    """Issue 34: `--api-key KEY` shows in `ps`; the start says so (without the key) and names the safer ways."""
+    from server.main import main
+
+    missing = ["--checkpoint", str(tmp_path / "nope")]  # stops right after the settings and the warning
+    monkeypatch.setenv("TRM_API_KEY", "sk-from-env")
+    with pytest.raises(SystemExit, match="not a checkpoint directory"):
+        main(missing)
+    assert "--api-key" not in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not a checkpoint directory"):
+        main(missing + ["--api-key", SECRET])
+    warning = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "--api-key" in line]
+    assert warning and warning[0]["level"] == "warning" and "process list" in warning[0]["msg"]
+    assert "TRM_API_KEY or --api-keys-file" in warning[0]["msg"] and SECRET not in str(warning)
