@@ -72,21 +72,31 @@ def balanced_kl(q: Gaussian, p: Gaussian, balance: float = 0.8) -> torch.Tensor:
 
 
 def gram_loss(
-    out: GramStep, labels: torch.Tensor, beta: float, balance: float = 0.8, lprm_weight: float = 1.0, kind="softmax"
+    out: GramStep,
+    labels: torch.Tensor,
+    beta: float,
+    balance: float = 0.8,
+    lprm_weight: float = 1.0,
+    kind="softmax",
+    kl_sum: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed loss of one GRAM supervision step over all rows (Eq. 14 plus the ACT and LPRM heads, §4.3-4.5):
 
-    mean token CE + beta * balanced KL of the last transition per position + 0.5 * BCE(q_halt, grid correct)
-    + lprm_weight * (value - cell accuracy)^2. The KL is divided by the positions of h, so CE and KL are both
-    per-token quantities. Returns (loss, seq_is_correct [B], last-transition KL per position [B], detached)."""
+    mean token CE + beta * balanced KL of the last transition + 0.5 * BCE(q_halt, grid correct)
+    + lprm_weight * (value - cell accuracy)^2. The paper does not say how CE and KL are normalised. By default the KL
+    is divided by the positions of h, so CE and KL are both per-token quantities; `kl_sum` charges the KL of the
+    whole row against the per-token CE (the beta-VAE convention), which prices every nat the posterior passes to h
+    (multi-solution tasks: docs/multi-solution.md). Returns (loss, seq_is_correct [B], last-transition KL per
+    position [B], detached)."""
     post, prior = out.last
     positions = post.mean.shape[1]
     ce = token_cross_entropy(out.logits, labels, kind).mean(-1)
     kl = balanced_kl(post, prior, balance) / positions
+    charged = kl * positions if kl_sum else kl
     with torch.no_grad():
         hits = out.logits.argmax(-1) == labels
         correct, cells = hits.all(-1), hits.float().mean(-1)
-    loss = ce.sum() + beta * kl.sum()
+    loss = ce.sum() + beta * charged.sum()
     loss = loss + 0.5 * F.binary_cross_entropy_with_logits(out.q[:, 0], correct.to(out.q.dtype), reduction="sum")
     if out.value is not None:
         loss = loss + lprm_weight * (out.value - cells).square().sum()

@@ -147,7 +147,9 @@ class Trainer:
         if self.is_gram:
             out = model.step(self.carry, self.inputs, self.puzzle_ids, self._noise, target=self.labels)
             self.carry, q = out.carry, out.q
-            loss, correct, kl = gram_loss(out, self.labels, cfg.kl_beta, cfg.kl_balance, cfg.lprm_weight, cfg.loss)
+            loss, correct, kl = gram_loss(
+                out, self.labels, cfg.kl_beta, cfg.kl_balance, cfg.lprm_weight, cfg.loss, cfg.kl_sum
+            )
             kl = kl.sum()
         else:
             self.carry, logits, q = model.step(self.carry, self.inputs, self.puzzle_ids)
