@@ -257,7 +257,7 @@ def coverage(task: Task, puzzles: np.ndarray, rows: list[Rows], counts: np.ndarr
     for p, r in zip(puzzles, rows):
         ok = r.verified if r.verified is not None else task.verify_batch(np.broadcast_to(p, r.answers.shape), r.answers)
         valid.append(ok.mean())
-        found.append(len(np.unique(r.answers[ok], axis=0)))
+        found.append(len(np.unique(task.canonical(r.answers[ok]), axis=0)))  # a colouring class once
     found, counts = np.array(found), np.asarray(counts)
     return {
         "validity": float(np.mean(valid)),
@@ -273,6 +273,8 @@ def count_solutions(task: Task, puzzles: np.ndarray, limit: int = 100_000) -> np
         from engine.tasks.sudoku_solver import count_solutions as count
     elif task.name.startswith("nqueens"):
         from engine.tasks.nqueens import count_completions as count
+    elif task.name.startswith("graph-colouring"):
+        from engine.tasks.graph_colouring import count_colourings as count
     else:
         raise SystemExit(f"engine-eval: no solver counts solutions for {task.name}; pass --counts")
     return np.array([count(p, limit) for p in puzzles])

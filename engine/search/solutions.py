@@ -30,7 +30,7 @@ def verified_rows(task: Task, puzzle: np.ndarray, rows: Rows) -> np.ndarray:
 def distinct_verified(task: Task, puzzle: np.ndarray, rows: Rows) -> list[Found]:
     """Each distinct verified answer once, the most often found first, then by score (ties: first found)."""
     ok = verified_rows(task, puzzle, rows)
-    answers, q = rows.answers[ok], np.asarray(rows.q, np.float64)[ok]
+    answers, q = task.canonical(rows.answers[ok]), np.asarray(rows.q, np.float64)[ok]  # a colouring class once
     if not len(answers):
         return []
     unique, first, inverse = np.unique(answers, axis=0, return_index=True, return_inverse=True)
@@ -60,6 +60,8 @@ def count_solutions(task: Task, puzzle: np.ndarray, limit: int = COUNT_LIMIT) ->
         from engine.tasks.sudoku_solver import count_solutions as count
     elif task.name.startswith("nqueens"):
         from engine.tasks.nqueens import count_completions as count
+    elif task.name.startswith("graph-colouring"):
+        from engine.tasks.graph_colouring import count_colourings as count
     else:
         return None
     return int(count(np.asarray(puzzle, np.int64), limit))

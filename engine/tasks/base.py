@@ -32,6 +32,11 @@ class Task(ABC):
         """A random symmetry of the task (search's `augment` diversity); None where the task has none."""
         return None
 
+    def canonical(self, tokens: np.ndarray) -> np.ndarray:
+        """Answers [..., seq_len] -> one representative per class of answers the rules treat as the same (graph
+        colouring: colours renumbered by first occurrence), so distinct answers are counted once; most tasks: as is."""
+        return np.asarray(tokens)
+
     def legal(self, tokens: np.ndarray) -> np.ndarray | None:
         """bool [seq_len, vocab]: the values each cell may take under the rules given the filled cells (commit
         search's legal-value mask); None where the task has no such rule."""
