@@ -29,6 +29,7 @@ from engine.machine import describe
 from engine.runtime import Engine, Limits, Request, Runner, SearchResult
 from engine.search import SELECTORS, Rows, SearchParams, default_params, select
 from engine.search.params import BACKTRACK, DIVERSITY, ORDERS, POLICIES, STRATEGIES
+from engine.search.solutions import count_solutions
 from engine.tasks import PuzzleError, Task, get_task
 from engine.tasks.sudoku import symmetry_class
 
@@ -267,17 +268,12 @@ def coverage(task: Task, puzzles: np.ndarray, rows: list[Rows], counts: np.ndarr
     }
 
 
-def count_solutions(task: Task, puzzles: np.ndarray, limit: int = 100_000) -> np.ndarray:
-    """Solution counts from the task's exact solver (Sudoku, N-Queens)."""
-    if task.name == "sudoku":
-        from engine.tasks.sudoku_solver import count_solutions as count
-    elif task.name.startswith("nqueens"):
-        from engine.tasks.nqueens import count_completions as count
-    elif task.name.startswith("graph-colouring"):
-        from engine.tasks.graph_colouring import count_colourings as count
-    else:
+def count_all(task: Task, puzzles: np.ndarray, limit: int = 100_000) -> np.ndarray:
+    """Solution counts from the task's exact counter (Sudoku, N-Queens, graph colouring)."""
+    counts = [count_solutions(task, p, limit) for p in puzzles]
+    if None in counts:
         raise SystemExit(f"engine-eval: no solver counts solutions for {task.name}; pass --counts")
-    return np.array([count(p, limit) for p in puzzles])
+    return np.array(counts)
 
 
 def ladder(top: int) -> list[int]:
@@ -510,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.counts or args.coverage or counts is not None:
         if counts is None:
-            counts = np.array(read(args.counts), dtype=np.int64) if args.counts else count_solutions(task, puzzles)
+            counts = np.array(read(args.counts), dtype=np.int64) if args.counts else count_all(task, puzzles)
         result.update(coverage(task, puzzles, rows, counts))
     result.update(puzzles=str(args.dataset or args.puzzles), offset=args.offset)
     result.update(run_settings(args, ckpt, task, params))

@@ -7,7 +7,7 @@ import pytest
 from engine.datasets.cli import main as engine_data
 from engine.datasets.graph_colouring_build import read_graph_colouring
 from engine.eval import coverage
-from engine.eval import count_solutions as eval_counts
+from engine.eval import count_all as eval_counts
 from engine.search.selectors import Rows
 from engine.search.solutions import count_solutions, distinct_verified
 from engine.tasks import TASKS, get_task

@@ -117,7 +117,7 @@ def test_engine_train_and_eval_on_nqueens_report_the_collapse_guard_and_coverage
     config = json.loads((out / "checkpoint" / "config.json").read_text())
     assert (config["task"], config["arch"], config["model"]["puzzle_emb_len"]) == ("nqueens", "gram", 16)
     assert config["model"]["puzzle_emb_ndim"] == 0  # zero-padded slots, no puzzle vector
-    assert config["training"]["config"]["kl_beta"] == 0.07
+    assert config["training"]["config"]["kl_beta"] == 0.07 and config["training"]["config"]["kl_sum"]
 
     result = tmp_path / "eval.json"
     engine_eval(["--checkpoint", str(out / "checkpoint"), "--dataset", str(nq8), "--limit", "6", "-K", "3"])
@@ -127,7 +127,7 @@ def test_engine_train_and_eval_on_nqueens_report_the_collapse_guard_and_coverage
     test = read_nqueens(nq8, "test")
     assert report["n"] == 6 and report["mean_solutions"] == pytest.approx(np.mean([len(c) for c in test.completions[:6]]))
     assert {"validity", "coverage", "coverage_pooled", "row_steps_per_puzzle"} <= set(report)
-    assert report["row_steps_per_puzzle"] == 3 * 16
+    assert report["row_steps_per_puzzle"] == 3 * 8  # K x N_sup
 
 
 @pytest.fixture(scope="module")
