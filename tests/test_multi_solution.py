@@ -174,3 +174,55 @@ def test_solutions_above_the_cap_is_refused_naming_it(sudoku):
     r = sudoku.post("/solve", json={"puzzle": "." * 81, "solutions": 33})
     assert r.status_code == 422
     assert "solutions" in r.json()["error"]["message"] and "32" in r.json()["error"]["message"]
+
+
+class _FakeSolver:
+    def __init__(self, task: str, arch: str):
+        self.task, self.ckpt = get_task(task), type("Ckpt", (), {"arch": arch, "meta": {}})()
+
+
+def _routes(task: str, arch: str, puzzle: np.ndarray, n: int) -> list:
+    """The engine requests solve_many makes (params), each answered with the puzzle's exact solutions."""
+    import asyncio
+
+    from engine.runtime.request import Timing
+    from engine.runtime.request import SearchResult as Result
+    from engine.search import SearchParams, Selection
+    from server.solutions import solve_many
+
+    task_ = get_task(task)
+    seen = []
+    sols = list(completions(puzzle)) if task.startswith("nqueens") else []  # Sudoku rows answer unverified
+
+    async def search(x, params, sample):
+        seen.append(params)
+        k = params.rollouts
+        answers = np.stack([full_board(sols[i % len(sols)]) for i in range(k)]) if sols else np.stack([x] * k)
+        rows = Rows(answers, np.zeros(k), task_.verify_batch(np.broadcast_to(x, answers.shape), answers))
+        verified = bool(rows.verified[0])
+        return Result("r", answers[0], Selection(0, "q", 0.5, 1.0), verified, rows, k, k * params.steps, params.steps,
+                      "completed", Timing(0, 0, 0))  # fmt: skip
+
+    asyncio.run(solve_many(_FakeSolver(task, arch), puzzle, SearchParams(rollouts=4, steps=8), n, 256, search))
+    return seen
+
+
+def test_gram_samples_its_prior_with_twice_the_rows_asked_and_no_early_exit():
+    puzzle = queens({0: 0})
+    (params,) = _routes("nqueens", "gram", puzzle, 5)
+    assert (params.rollouts, params.early_exit, params.strategy) == (10, "off", "rollouts")
+    (params,) = _routes("nqueens", "gram", puzzle, 1)  # one answer: the ordinary search
+    assert params.rollouts == 4
+
+
+def test_a_unique_puzzle_runs_the_ordinary_search_and_an_ambiguous_sudoku_decodes_on_trm():
+    unique = queens({r: c for r, c in enumerate([0, 4, 7, 5, 2, 6, 1, 3]) if r})  # one queen short of a solution
+    (params,) = _routes("nqueens", "trm", unique, 5)
+    assert params.strategy == "rollouts" and params.rollouts == 4
+    (params,) = _routes("nqueens", "trm", queens({0: 0}), 3)  # not a fill-in task: rollouts, as GRAM
+    assert params.rollouts == 6 and params.early_exit == "off"
+    empty = get_task("sudoku").encode("." * 81)
+    decoded = _routes("sudoku", "trm", empty, 3)  # nothing verifies here: every round runs
+    assert len(decoded) == 6 + 6 + 6 + 6
+    assert all(p.strategy == "commit" and p.rollouts == 1 and p.temperature == 1.0 for p in decoded)
+    assert len({p.seed for p in decoded}) == len(decoded)  # each request its own draw
