@@ -1,8 +1,9 @@
 """Checkpoints: a directory of `model.safetensors` (tensors only, never pickle) + `config.json` (+ `CARD.md`).
 
 Also converts checkpoints written by the official TRM trainer (`torch.save`d state dicts of the compiled,
-loss-wrapped model, TRM.md §2) with `engine-convert`. Only the converter ever calls `torch.load`, and always
-with `weights_only=True`; the service loads safetensors only.
+loss-wrapped model, TRM.md §2) and by the official HRM trainer (the same layout plus an `H_level` stack, e.g. the
+`checkpoint` file of sapientinc/HRM-checkpoint-*) with `engine-convert`. Only the converter ever calls `torch.load`,
+and always with `weights_only=True`; the service loads safetensors only.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from engine.models import GRAM, TRM, GRAMConfig, TRMConfig
+from engine.models import GRAM, HRM, TRM, GRAMConfig, HRMConfig, TRMConfig
 from engine.models.config import compute_dtype
 from engine.tasks import TASKS, get_task
 
@@ -31,7 +32,16 @@ WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "CARD.md"
 # official dataset build that trained the checkpoint wrote them (engine-convert records them)
 IDENTIFIERS, TEST_PUZZLES = "identifiers.json", "test_puzzles.json"
 FORMAT_VERSION = 1
-ARCHS: dict[str, tuple[type, type]] = {"trm": (TRM, TRMConfig), "gram": (GRAM, GRAMConfig)}  # config.json "arch"
+ARCHS: dict[str, tuple[type, type]] = {  # config.json "arch"
+    "trm": (TRM, TRMConfig),
+    "gram": (GRAM, GRAMConfig),
+    "hrm": (HRM, HRMConfig),
+}
+
+
+def arch_of(model: TRM | GRAM) -> str:
+    """config.json's "arch" of a model (HRM and GRAM before TRM: HRM is a TRM subclass)."""
+    return "hrm" if isinstance(model, HRM) else "gram" if isinstance(model, GRAM) else "trm"
 
 
 class CheckpointError(ValueError):
@@ -53,7 +63,7 @@ class Checkpoint:
 
     @property
     def arch(self) -> str:
-        return "gram" if isinstance(self.model, GRAM) else "trm"
+        return arch_of(self.model)
 
 
 # -- save / load ----------------------------------------------------------------------------------------------------
@@ -98,7 +108,7 @@ def save_checkpoint(
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
         config = {
             "format_version": FORMAT_VERSION,
-            "arch": "gram" if isinstance(model, GRAM) else "trm",
+            "arch": arch_of(model),
             "task": task,
             "model": model.config.to_dict(),
             **(meta or {}),
@@ -198,11 +208,12 @@ def load_weights(model: TRM | GRAM, tensors: dict[str, torch.Tensor], source: st
     model.load_state_dict(tensors)
 
 
-# -- official TRM checkpoints ---------------------------------------------------------------------------------------
+# -- official TRM and HRM checkpoints -------------------------------------------------------------------------------
 
 # Official name -> ours, applied after the `_orig_mod.` / `model.` / `inner.` prefixes are stripped.
 _RENAMES = [
     (r"^L_level\.layers\.", "layers."),
+    (r"^H_level\.layers\.", "H_layers."),  # HRM's z_H stack
     (r"^embed_tokens\.embedding_weight$", "embed_tokens.weight"),
     (r"^embed_pos\.embedding_weight$", "embed_pos"),
     (r"^puzzle_emb\.weights$", "puzzle_emb"),
@@ -220,8 +231,42 @@ def rename_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def infer_config(tensors: dict[str, torch.Tensor], arch: dict, task: str) -> TRMConfig:
-    """Architecture from the official `arch` settings, filling what they lack from tensor shapes and the task."""
+# The official `arch.name`s (module@class in all_config.yaml) the engine runs exactly: TRM, and HRM as its own
+# repository names it (sapientinc/HRM, the released checkpoints) and as the TRM repository's copy does. Any other
+# (trm_singlez, trm_hier6, transformers_baseline, ...) computes something else from tensors of the same names.
+OFFICIAL_ARCHS = {
+    "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1": "trm",
+    "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1": "hrm",
+    "recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1": "hrm",
+}
+
+
+def official_arch(src: Path, name: str | None, flag: str | None, tensors: dict[str, torch.Tensor]) -> str:
+    """The official model, "trm" or "hrm": all_config.yaml's arch name, else `--arch` (default trm); never the tensor
+    names alone: the official transformers baseline has `H_level` tensors too, with another forward."""
+    if name is not None:
+        if name not in OFFICIAL_ARCHS:
+            raise CheckpointError(
+                f"{src.parent / 'all_config.yaml'}: arch {name!r} is not one the engine runs exactly (known: "
+                f"{', '.join(OFFICIAL_ARCHS)}); refusing rather than computing another model's forward"
+            )
+        kind = OFFICIAL_ARCHS[name]
+        if flag is not None and flag != kind:
+            raise CheckpointError(f"--arch {flag} contradicts {src.parent / 'all_config.yaml'}'s arch {name!r}")
+        return kind
+    kind = flag or "trm"
+    if kind == "trm" and (h := next((k for k in tensors if k.startswith("H_layers.")), None)):
+        raise CheckpointError(
+            f"{src} has H_level tensors ({h.replace('H_layers.', 'H_level.layers.', 1)!r}) and no all_config.yaml "
+            "naming its arch: an official HRM checkpoint converts with --arch hrm (other models with an H_level, "
+            "such as the transformers baseline, the engine does not run)"
+        )
+    return kind
+
+
+def infer_config(tensors: dict[str, torch.Tensor], arch: dict, task: str, kind: str = "trm") -> TRMConfig:
+    """Architecture from the official `arch` settings, filling what they lack from tensor shapes and the task.
+    `kind` "hrm": an HRMConfig (H_layers from the H stack's tensors, the release's cycles, the ceil prefix)."""
     hidden = tensors["embed_tokens.weight"].shape[1]
     mlp_t = any(".mlp_t." in k for k in tensors)
     cfg = dict(
@@ -233,11 +278,15 @@ def infer_config(tensors: dict[str, torch.Tensor], arch: dict, task: str) -> TRM
         puzzle_emb_len=16,
         L_cycles=6 if task == "sudoku" else 4,  # the paper's n per task (TRM.md §10.1)
     )
+    if kind == "hrm":  # the released configs' cycles; HRM's prefix is always ceil(puzzle_emb_ndim / hidden)
+        cfg.update(H_layers=len({k.split(".")[1] for k in tensors if k.startswith("H_layers.")}), puzzle_emb_len=0)
+        cfg.update(H_cycles=2, L_cycles=2)
     if "puzzle_emb" in tensors:
         cfg["num_puzzle_identifiers"], cfg["puzzle_emb_ndim"] = tensors["puzzle_emb"].shape
     else:
         cfg["puzzle_emb_ndim"] = cfg["puzzle_emb_len"] = 0
-    fields = {f.name for f in dataclasses.fields(TRMConfig)}
+    config_cls = HRMConfig if kind == "hrm" else TRMConfig
+    fields = {f.name for f in dataclasses.fields(config_cls)}
     cfg.update({k: v for k, v in arch.items() if k in fields})
     if "seq_len" not in arch:
         prefix = cfg["puzzle_emb_len"] or -(cfg["puzzle_emb_ndim"] // -cfg["hidden_size"])
@@ -247,7 +296,7 @@ def infer_config(tensors: dict[str, torch.Tensor], arch: dict, task: str) -> TRM
             cfg["seq_len"] = tensors["embed_pos"].shape[0] - prefix
         else:
             cfg["seq_len"] = get_task(task).seq_len
-    return TRMConfig(**cfg)
+    return config_cls(**cfg)
 
 
 def _guess_task(official: dict, vocab_size: int) -> str:
@@ -262,9 +311,10 @@ def _guess_task(official: dict, vocab_size: int) -> str:
 
 
 def load_official(
-    src: str | os.PathLike, task: str | None = None, overrides: dict | None = None
+    src: str | os.PathLike, task: str | None = None, overrides: dict | None = None, arch: str | None = None
 ) -> tuple[TRM, str, dict]:
-    """An official `step_N` file (+ the `all_config.yaml` beside it, if any) -> (model, task, source info)."""
+    """An official TRM `step_N` or HRM `checkpoint` file (+ the `all_config.yaml` beside it, if any) -> (model, task,
+    source info). `arch` ("trm" or "hrm") is needed only where no all_config.yaml names the official arch."""
     src = Path(src)
     state = torch.load(src, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -276,14 +326,28 @@ def load_official(
         )
     yaml_path = src.parent / "all_config.yaml"
     full = yaml.safe_load(yaml_path.read_text()) if yaml_path.is_file() else {}
-    arch = {**(full.get("arch") or {}), **(overrides or {})}
+    official = dict(full.get("arch") or {})
+    kind = official_arch(src, official.pop("name", None), arch, tensors)
+    if kind == "hrm":
+        official.pop("puzzle_emb_len", None)  # not an HRM setting: its code ignores it
+    elif official.get("no_ACT_continue", True) is not True:
+        raise CheckpointError(
+            f"{yaml_path}: arch.no_ACT_continue is {official['no_ACT_continue']!r}: this TRM halts on q_halt > "
+            "q_continue, a rule the engine applies to HRM only; refusing rather than halting it by another rule"
+        )
     task = task or _guess_task(full, tensors["embed_tokens.weight"].shape[0])
+    if kind == "hrm" and task == "arc":
+        raise CheckpointError(
+            f"{src}: an HRM ARC checkpoint (HRM-checkpoint-ARC-2) was trained on HRM's own ARC build, whose puzzle "
+            "identifiers a fresh official TRM build does not reproduce: the engine cannot tell which embedding row "
+            "is which task variant, and refuses rather than serve wrong puzzle embeddings"
+        )
     try:
-        model = TRM(infer_config(tensors, arch, task))
+        model = ARCHS[kind][0](infer_config(tensors, {**official, **(overrides or {})}, task, kind))
     except ValueError as e:
         raise CheckpointError(f"{src}: {e}") from None
     load_weights(model, tensors, source=str(src))
-    source = {"converted_from": src.name, "official_config": yaml_path.name if full else None}
+    source = {"converted_from": src.name, "official_config": yaml_path.name if full else None, "arch": kind}
     return model.eval(), task, source
 
 
@@ -336,16 +400,22 @@ def _dataset_files(identifiers: Path | None, model: TRM) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="engine-convert", description="Convert an official TRM step_N checkpoint into a checkpoint directory."
+        prog="engine-convert",
+        description="Convert an official TRM step_N (or HRM checkpoint) file into a checkpoint directory.",
     )
     p.add_argument(
         "src",
-        help="official checkpoint file (e.g. step_65100), or hf://OWNER/REPO/PATH/step_N on the Hugging Face hub; "
-        "all_config.yaml beside it is read if present",
+        help="official checkpoint file (e.g. step_65100, or HRM's checkpoint), or hf://OWNER/REPO/PATH/FILE on the "
+        "Hugging Face hub; all_config.yaml beside it is read if present",
     )
     p.add_argument("dst", help="output checkpoint directory")
     p.add_argument(
         "--task", choices=sorted(TASKS), help="puzzle task (default: from all_config.yaml or the vocabulary)"
+    )
+    p.add_argument(
+        "--arch",
+        choices=["trm", "hrm"],
+        help="the official model, where no all_config.yaml beside the file names it (default trm)",
     )
     p.add_argument("--seq-len", type=int, help="sequence length without the puzzle prefix")
     p.add_argument("--num-heads", type=int)
@@ -361,10 +431,11 @@ def main(argv: list[str] | None = None) -> None:
         "data path of all_config.yaml); test_puzzles.json beside it is kept too",
     )
     args = p.parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k not in ("src", "dst", "task", "identifiers") and v is not None}
+    named = ("src", "dst", "task", "identifiers", "arch")
+    flags = {k: v for k, v in vars(args).items() if k not in named and v is not None}
     try:
         src = fetch_from_hub(args.src) if args.src.startswith("hf://") else args.src
-        model, task, source = load_official(src, args.task, flags)
+        model, task, source = load_official(src, args.task, flags, args.arch)
         files = _dataset_files(Path(args.identifiers) if args.identifiers else _data_identifiers(Path(src)), model)
     except CheckpointError as e:
         raise SystemExit(f"engine-convert: {e}") from None
@@ -375,7 +446,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     out = save_checkpoint(args.dst, model, task, meta={"source": source}, files=files)
     n = sum(p.numel() for name, p in model.named_parameters() if name != "puzzle_emb")
+    c = model.config
     print(
-        f"wrote {out} ({task}, {n:,} parameters, T={model.config.H_cycles}, n={model.config.L_cycles}, "
-        f"{'mlp_t' if model.config.mlp_t else 'attention'}, pos={model.config.pos_encodings})"
+        f"wrote {out} ({arch_of(model)}, {task}, {n:,} parameters, T={c.H_cycles}, n={c.L_cycles}, "
+        f"{'mlp_t' if c.mlp_t else 'attention'}, pos={c.pos_encodings}, {c.prefix_len} prefix slots)"
     )

@@ -10,17 +10,19 @@ import argparse
 import torch
 
 from engine.checkpoint import save_checkpoint
-from engine.models import GRAM, GRAM_PRESETS, PRESETS, TRM, preset
+from engine.models import GRAM, GRAM_PRESETS, HRM, HRM_PRESETS, PRESETS, TRM, preset
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="engine-init", description=__doc__.splitlines()[0])
     p.add_argument("dst", help="output checkpoint directory")
-    p.add_argument("--preset", default="sudoku-tiny", choices=sorted([*PRESETS, *GRAM_PRESETS]))
+    p.add_argument("--preset", default="sudoku-tiny", choices=sorted([*PRESETS, *GRAM_PRESETS, *HRM_PRESETS]))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
-    model = GRAM(preset(args.preset)) if args.preset in GRAM_PRESETS else TRM(preset(args.preset))
+    model_cls = GRAM if args.preset in GRAM_PRESETS else HRM if args.preset in HRM_PRESETS else TRM
+    model = model_cls(preset(args.preset))
     meta = {"training": {"status": "untrained", "preset": args.preset, "seed": args.seed}}
-    out = save_checkpoint(args.dst, model, args.preset.removeprefix("gram-").split("-")[0], meta=meta)
+    task = args.preset.removeprefix("gram-").removeprefix("hrm-").split("-")[0]
+    out = save_checkpoint(args.dst, model, task, meta=meta)
     print(f"wrote {out}: untrained {args.preset} ({sum(p.numel() for p in model.parameters()):,} parameters)")

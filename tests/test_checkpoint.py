@@ -173,7 +173,7 @@ def test_bad_config_is_reported(tiny_checkpoint, tmp_path):
         load_checkpoint(tmp_path)
     config = json.loads((tiny_checkpoint / "config.json").read_text())
     for change, message in [
-        ({"arch": "hrm"}, "arch 'hrm' is not supported"),
+        ({"arch": "transformers_baseline"}, "arch 'transformers_baseline' is not supported"),
         ({"task": "chess"}, "unknown task 'chess'"),
         ({"model": {**config["model"], "hidden_size": 63}}, "hidden_size must be divisible by num_heads"),
     ]:

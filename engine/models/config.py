@@ -108,6 +108,29 @@ class GRAMConfig(TRMConfig):
         _require(self.posterior_on in ("last", "all"), f"posterior_on must be last or all, got {self.posterior_on!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class HRMConfig(TRMConfig):
+    """HRM (arXiv:2506.21734) as the official `hrm_act_v1` code builds it: TRM's fields, plus H_layers blocks of a
+    second stack that updates z_H (TRM updates both states with one stack). Defaults are the released checkpoints'
+    sizes. The puzzle prefix is always ceil(puzzle_emb_ndim / hidden_size) slots (HRM has no puzzle_emb_len)."""
+
+    puzzle_emb_len: int = 0  # 0: ceil(puzzle_emb_ndim / hidden_size), the only prefix HRM has
+    L_layers: int = 4
+    H_cycles: int = 2
+    L_cycles: int = 2
+    H_layers: int = 4
+
+    def __post_init__(self):
+        TRMConfig.__post_init__(self)  # explicit: zero-argument super() breaks in slots dataclasses
+        _require(self.H_layers >= 1, "H_layers must be at least 1")
+        ceil = -(self.puzzle_emb_ndim // -self.hidden_size)
+        _require(
+            self.prefix_len == ceil,
+            f"HRM's puzzle prefix is ceil(puzzle_emb_ndim / hidden_size) = {ceil} slots; puzzle_emb_len "
+            f"{self.puzzle_emb_len} would give {self.prefix_len}",
+        )
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -195,10 +218,19 @@ GRAM_PRESETS: dict[str, dict] = {
 }
 
 
+# HRM's released checkpoints (sapientinc/HRM-checkpoint-*): 4 + 4 layers, H_cycles 2, L_cycles 2, one prefix slot.
+HRM_PRESETS: dict[str, dict] = {
+    "hrm-sudoku": dict(seq_len=81, vocab_size=11, puzzle_emb_ndim=512, pos_encodings="rope"),
+    "hrm-maze": dict(seq_len=900, vocab_size=6, puzzle_emb_ndim=512, pos_encodings="rope"),
+}
+
+
 def preset(name: str, **overrides) -> TRMConfig:
-    """A TRMConfig, or a GRAMConfig for the `gram-*` names."""
+    """A TRMConfig, or a GRAMConfig for the `gram-*` names, an HRMConfig for the `hrm-*` ones."""
     if name in GRAM_PRESETS:
         return GRAMConfig(**{**GRAM_PRESETS[name], **overrides})
+    if name in HRM_PRESETS:
+        return HRMConfig(**{**HRM_PRESETS[name], **overrides})
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join([*PRESETS, *GRAM_PRESETS])}")
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join([*PRESETS, *GRAM_PRESETS, *HRM_PRESETS])}")
     return TRMConfig(**{**PRESETS[name], **overrides})

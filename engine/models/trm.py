@@ -106,6 +106,11 @@ class RecursiveNet(nn.Module):
             h = layer(h, self.rope)
         return h
 
+    def halt_logit(self, q: torch.Tensor) -> torch.Tensor:
+        """[B] the halting score from the Q head's [B, 2] (halt, continue) logits: positive means halt. TRM halts on
+        q_halt > 0 (its `no_ACT_continue`); HRM overrides this with its rule, q_halt > q_continue."""
+        return q[:, 0]
+
 
 class TRM(RecursiveNet):
     def step(
@@ -129,10 +134,14 @@ class TRM(RecursiveNet):
                     else:
                         h = kernels.inject(z_L, z_H, x)  # z_L + (z_H + x): the official bf16 summation order
                     z_L = self.net(h)
-                z_H = self.net(z_H + z_L)
+                z_H = self.update_H(z_H + z_L)
         logits = self.lm_head(z_H)[:, c.prefix_len :]
         q = self.q_head(z_H[:, 0]).float()
         return Carry(z_H.detach(), z_L.detach()), logits, q
+
+    def update_H(self, h: torch.Tensor) -> torch.Tensor:
+        """z_H's update from the injected z_H + z_L: TRM's one network f (HRM: its own H stack)."""
+        return self.net(h)
 
     @torch.no_grad()
     def rollout(

@@ -113,8 +113,9 @@ def default_params(task: str, arch: str, halt_max_steps: int, search: dict | Non
     base = SearchParams(
         rollouts=DEFAULT_ROLLOUTS,
         steps=halt_max_steps,
-        noise=PTRM_NOISE.get(task, 0.3) if arch == "trm" else 0.0,
-        selector="q" if arch == "trm" else "vote",  # GRAM selects by vote (or LPRM) in its paper (§4.6)
+        # HRM (TRM's loop with a second stack) searches as TRM does: PTRM noise on z_L, best-Q on its halting score
+        noise=PTRM_NOISE.get(task, 0.3) if arch in ("trm", "hrm") else 0.0,
+        selector="q" if arch in ("trm", "hrm") else "vote",  # GRAM selects by vote (or LPRM) in its paper (§4.6)
     )
     if task == "arc":  # the augmented variants are the samples, one plain row each, all voting (TRM.md §9)
         base = base.replace(rollouts=1, noise=0.0, early_exit="off")

@@ -21,7 +21,7 @@ from engine.search.params import SearchParams
 class StepOut:
     carry: Carry
     answers: torch.Tensor  # [B, seq_len] argmax tokens
-    q: torch.Tensor  # [B] halt logits, fp32
+    q: torch.Tensor  # [B] halt logits, fp32 (`halt_logit`: q_halt for TRM and GRAM, q_halt - q_continue for HRM)
     logits: torch.Tensor  # [B, seq_len, vocab]
     value: torch.Tensor | None = None  # [B] LPRM estimate (GRAM with a value head)
     log_prior: torch.Tensor | None = None  # [B] prior log-density of this step's GRAM transitions
@@ -44,14 +44,14 @@ def search_step(
         if sigma_z is not None or sigma_y is not None:
             noise = Noise(seeds, steps, sigma_z if sigma_z is not None else torch.zeros_like(sigma_y), sigma_y)
         carry, logits, q = model.step(carry, inputs, puzzle_ids, noise)
-        return StepOut(carry, logits.argmax(-1), q[:, 0], logits)
+        return StepOut(carry, logits.argmax(-1), model.halt_logit(q), logits)  # HRM: q_halt - q_continue
     out = model.step(
         carry,
         inputs,
         puzzle_ids,
         noise=lambda t, shape: kernels.standard_normal(seeds, steps, kernels.STREAM_GRAM + t, shape),
     )
-    return StepOut(out.carry, out.logits.argmax(-1), out.q[:, 0], out.logits, out.value, out.log_prior)
+    return StepOut(out.carry, out.logits.argmax(-1), model.halt_logit(out.q), out.logits, out.value, out.log_prior)
 
 
 def row_seeds(seed: int, rows: range | list[int]) -> list[int]:
