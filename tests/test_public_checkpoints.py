@@ -17,6 +17,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -24,6 +25,7 @@ import yaml
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint import main as convert
 from engine.models import HRM, TRM, HRMConfig, TRMConfig
+from engine.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -202,3 +204,31 @@ def test_a_trm_that_halts_by_q_continue_is_refused(hub):
     (hub / "x" / "y" / "all_config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(SystemExit, match="no_ACT_continue is False: this TRM halts on q_halt > q_continue"):
         convert(["hf://x/y/step_9765", "out"])
+
+
+def test_a_converted_hrm_maze_checkpoint_solves_maze_requests(hub):
+    """/solve with HRM's Maze layout converted: `task: "maze"`, the 30x30 text form in and out, the shortest-path
+    verifier's verdict (a random model: a fault is named), the search's TRM defaults on HRM's halting score."""
+    from fastapi.testclient import TestClient
+    from live import app_for, wait_ready
+
+    command = "engine-convert hf://sapientinc/HRM-checkpoint-maze-30x30-hard/checkpoint checkpoints/hrm-maze"
+    sapientinc_maze(hub / "sapientinc" / "HRM-checkpoint-maze-30x30-hard")
+    convert(shlex.split(command)[1:])
+    row = (ROOT / "tests" / "fixtures" / "csv_datasets" / "maze" / "csv" / "test.csv").read_text().splitlines()[1]
+    question = row.split(",")[1]
+    puzzle = "\n".join(question[i : i + 30] for i in range(0, 900, 30))
+    with TestClient(app_for(Path("checkpoints/hrm-maze"))) as client:
+        wait_ready(client)
+        r = client.post("/solve", json={"puzzle": puzzle, "task": "maze", "search": {"rollouts": 2, "steps": 2}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["task"] == "maze" and body["selector"] == "q" and body["rollouts"] == 2
+    assert len(body["solution"].replace("\n", "")) == 900
+    assert body["verified"] is False and body["fault"]
+    # what the service's warm-up sends (all PAD) is no maze: a rule broken, not a crash of the engine
+    blank = np.zeros(900, np.int64)
+    assert (
+        get_task("maze").check(blank, blank)
+        == "the puzzle is not a maze: row 1, column 1: token 0 is not a maze puzzle cell"
+    )
