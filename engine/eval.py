@@ -23,6 +23,7 @@ from tqdm import tqdm
 import kernels
 from engine import arc_eval
 from engine.checkpoint import CheckpointError, load_checkpoint
+from engine.datasets import DatasetError, official
 from engine.datasets.nqueens_build import read_nqueens
 from engine.generate import generation_method, generation_report, grid_params
 from engine.machine import describe
@@ -338,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
         "--dataset",
         help="ARC: an official dataset directory (engine-data arc, or the official builder); its test split's "
         "augmented variants are run and voted as the official evaluator does. N-Queens: an engine-data nqueens "
-        "directory; its test inputs are run and scored against all their completions (accuracy and coverage)",
+        "directory; its test inputs are run and scored against all their completions (accuracy and coverage). "
+        "Sudoku, Maze: an official-layout directory (engine-data sudoku / maze, or the official builders); its test "
+        "split's inputs, scored against its labels",
     )
     p.add_argument("--task", help="check that the checkpoint solves this task (e.g. arc)")
     p.add_argument("--submission", help="--dataset: write the Kaggle submission.json here")
@@ -448,18 +451,31 @@ def main(argv: list[str] | None = None) -> None:
         if args.waves:
             raise SystemExit("engine-eval: --waves needs an early exit (--early-exit verified or confident)")
         params = params.replace(waves=params.wave_limit)  # the checkpoint's default waves do not apply
-    if args.dataset and not task.many_answers:
+    if args.dataset and task.name == "arc":
         result = arc_eval.evaluate(args, ckpt, task, params)
         return _report(args, {**result, **run_settings(args, ckpt, task, params)})
     picked_by_engine = params.early_exit != "off" or params.strategy == "commit"
     if args.sweep and picked_by_engine:
         raise SystemExit("engine-eval: --sweep needs rollouts with --early-exit off (every row must run all D steps)")
     read = lambda path: read_lines(path, args.offset, args.limit, task.comment_prefix)  # noqa: E731
-    counts = None
-    if args.dataset:  # a many-answer dataset: its test inputs, with every completion counted for coverage
+    counts = dataset_solutions = None
+    take = lambda a: a[args.offset :][: args.limit]  # noqa: E731
+    if args.dataset and task.many_answers:  # its test inputs, with every completion counted for coverage
         split = read_nqueens(args.dataset, "test")
-        take = lambda a: a[args.offset :][: args.limit]  # noqa: E731
         puzzles, counts = take(split.inputs).astype(np.int64), np.array([len(c) for c in take(split.completions)])
+        lines, table_solutions = [], None
+    elif args.dataset:  # an official Sudoku / Maze build: the test split's examples, labels as the solutions
+        try:
+            split = official.read_split(args.dataset, "test")
+        except DatasetError as e:
+            raise SystemExit(f"engine-eval: {e}") from None
+        if (split.seq_len, split.vocab_size) != (task.seq_len, task.vocab_size):
+            raise SystemExit(
+                f"engine-eval: {args.dataset} holds {split.seq_len} tokens of vocabulary {split.vocab_size}, "
+                f"not {task.name}'s {task.seq_len} of {task.vocab_size}"
+            )
+        inputs, labels, _ = split.examples()
+        puzzles, dataset_solutions = take(inputs).astype(np.int64), take(labels).astype(np.int64)
         lines, table_solutions = [], None
     elif is_table(args.puzzles):
         lines, table_solutions = read_table(args.puzzles, args.offset, args.limit)
@@ -467,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
         lines, table_solutions = read(args.puzzles), None
     if lines:
         puzzles = encode_all(task, lines, args.puzzles)
-    solutions = None
+    solutions = dataset_solutions
     if args.solutions or table_solutions is not None:
         path = args.solutions or args.puzzles
         solutions = encode_all(task, read(path) if args.solutions else table_solutions, path, answers=True)

@@ -130,3 +130,23 @@ def test_bad_input_is_named_and_leaves_nothing(tmp_path):
         main(["sudoku", "--csv-dir", csv_dir, "--output-dir", str(tmp_path / "o"), "--min-difficulty", "10"])
     with pytest.raises(official.DatasetError, match="already exists and is not empty"):
         build_maze(csv_files(FIXTURES / "maze" / "csv"), FIXTURES / "maze", MazeBuildConfig())
+
+
+def test_engine_eval_scores_an_official_build_s_test_split(tmp_path, ckpt_dir, capsys):
+    """engine-eval --dataset on an official Sudoku build: the test split's inputs, scored against its labels (the
+    cell accuracy exists only with solutions); a dataset of another task's shape is refused by name."""
+    import json
+
+    from engine.eval import main as evaluate
+
+    data = FIXTURES / "sudoku" / "official-plain"
+    evaluate(["--checkpoint", str(ckpt_dir), "--dataset", str(data), "--json", str(tmp_path / "r.json")])
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["n"] == 4 and "cell_accuracy" in result and result["puzzles"] == str(data)
+    evaluate(
+        ["--checkpoint", str(ckpt_dir), "--dataset", str(data), "--limit", "2", "--json", str(tmp_path / "r.json")]
+    )
+    assert json.loads((tmp_path / "r.json").read_text())["n"] == 2
+    maze = FIXTURES / "maze" / "official-plain"
+    with pytest.raises(SystemExit, match=r"holds 900 tokens of vocabulary 6, not sudoku's 81 of 11"):
+        evaluate(["--checkpoint", str(ckpt_dir), "--dataset", str(maze)])
