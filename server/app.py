@@ -25,7 +25,7 @@ from engine.runtime import EngineStopped, Overloaded, TooLarge
 from engine.tasks.solvable import no_solution
 from server import arc, docs, generation, stream
 from server.errors import ApiError, ClientDisconnected, install
-from server.keys import Key, Keyring, configured_keys
+from server.keys import Key, Keyring, QuotaSpent, configured_keys
 from server.metrics import CONTENT_TYPE, Metrics
 from server.middleware import RequestContext
 from server.models import ModelNotFound, Models, Solver, card, load_models, scrub_paths
@@ -48,7 +48,7 @@ ERRORS = {
         (422, "invalid request, puzzle or JSON body (the message names the field, row, cell or JSON fault)"),
         (429, "overloaded; retry after the Retry-After header's seconds"),
         (503, "loading or draining"),
-        (504, "the deadline passed"),
+        (504, "the deadline passed with `search.strict_deadline`, or before the search ran a step"),
     )
 }
 
@@ -256,8 +256,8 @@ async def _search(
     """One engine request of the caller's tenant (its key), watched when streaming (the watch hears of its admission
     and of each of its steps)."""
     listener = watch.listener(sample) if watch is not None else None
-    tenant = key.name if key else ""
-    req = engine.facade.submit(puzzle, params, request_id=request.state.request_id, listener=listener, tenant=tenant)
+    keyring: Keyring = request.app.state.keyring
+    req = keyring.submit(engine.facade, key, puzzle, params, request_id=request.state.request_id, listener=listener)
     if watch is not None:
         watch.admitted.set()
     return await engine.facade.wait(req)
@@ -301,9 +301,12 @@ async def _solve(
     try:
         if task.name == "arc":
             window = max(1, settings.max_queued_requests // 4)
-            return await arc.solve(solver, body, params, request.state.request_id, window, key, watch, start)
+            submit = lambda x, p, **kw: request.app.state.keyring.submit(solver.facade, key, x, p, **kw)  # noqa: E731
+            return await arc.solve(solver, body, params, request.state.request_id, window, submit, watch, start)
         search = lambda x, p, sample: _search(solver, x, p, request, key, watch, sample)  # noqa: E731
         many = await solve_many(solver, tokens, params, body.solutions or 1, settings.max_rollouts, search)
+    except QuotaSpent:  # the key's quota, counted by the keyring (not the engine's admission)
+        raise
     except (Overloaded, TooLarge, EngineStopped) as e:  # refused at admission: count why
         metrics.rejections.labels(solver.name, _reason(e)).inc()
         raise
@@ -375,7 +378,8 @@ async def _generate(
 ) -> GenerateResponse:
     start = time.perf_counter()
     engine, method = _generator(models, body)
-    params = grid_params(method, engine.ckpt, engine.defaults, body.temperature)
+    # strict: a grid cut by the deadline is not a sample (generation.py skips it), not an unfinished grid
+    params = grid_params(method, engine.ckpt, engine.defaults, body.temperature).replace(strict_deadline=True)
     # Unlike /solve (an answer should not change between calls), a generator without a seed gives new items each call
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     timeout = body.timeout_s or min(settings.default_timeout_s, settings.max_timeout_s)
@@ -405,6 +409,8 @@ async def _generate(
             grader,
             hard,
         )
+    except QuotaSpent:
+        raise
     except (Overloaded, TooLarge, EngineStopped) as e:
         metrics.rejections.labels(engine.name, _reason(e)).inc()
         raise
@@ -436,7 +442,8 @@ def _grader(models: Models, task: str, request: Request, key: Key | None, deadli
 
     async def solve(puzzle, params):
         left = max(deadline - time.monotonic(), 1e-3)
-        return await _search(solver, puzzle, params.replace(timeout_s=left), request, key, None)
+        # strict: a grade cut short by the deadline would measure the deadline, not the puzzle
+        return await _search(solver, puzzle, params.replace(timeout_s=left, strict_deadline=True), request, key, None)
 
     return generation.Grader(solve, solver.defaults)
 

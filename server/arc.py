@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import numpy as np
 
-from engine.runtime import DeadlineExceeded, SearchResult
+from engine.runtime import DeadlineExceeded, Request, SearchResult
 from engine.search import SearchParams
 from engine.tasks.arc_augment import Augmentation
 from engine.tasks.arc_vote import ATTEMPTS, Candidate, Vote, vote_rows
 from server.errors import ApiError
-from server.keys import Key
 from server.models import Solver
 from server.schemas import ArcAttempt, SolveResponse
 from server.stream import Watch
+
+Submit = Callable[..., Request]  # (grid, params, puzzle_id=, request_id=) -> the admitted engine request
 
 
 def test_input(solver: Solver, body) -> np.ndarray:
@@ -62,10 +64,12 @@ async def solve(
     params: SearchParams,
     request_id: str,
     window: int,
-    key: Key | None,
+    submit: Submit,
     watch: Watch | None,
     start: float,
 ) -> SolveResponse:
+    """`submit(grid, params, puzzle_id=, request_id=)`: admits one variant under the caller's key (Keyring.submit:
+    its tenant and quota)."""
     found = task_variants(solver, body.name)
     grid = test_input(solver, body)
     inputs = np.stack([solver.task.encode(aug.apply(grid).tolist()) for _, aug in found])
@@ -73,18 +77,25 @@ async def solve(
     gate, running = asyncio.Semaphore(window), Vote()
     due, done = 0.0, 0  # streaming: when the next vote event may go; variants finished
 
-    async def variant(i: int) -> SearchResult:
+    async def variant(i: int) -> SearchResult | None:
         nonlocal due, done
         pid, aug = found[i]
         async with gate:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DeadlineExceeded(f"deadline of {params.timeout_s} s passed")
+                if params.strict_deadline:
+                    raise DeadlineExceeded(f"deadline of {params.timeout_s} s passed")
+                return None  # not run: the vote goes without it
             timed = params.replace(timeout_s=left)
-            req = solver.facade.submit(inputs[i], timed, pid, f"{request_id}-{i}", tenant=key.name if key else "")
+            req = submit(inputs[i], timed, puzzle_id=pid, request_id=f"{request_id}-{i}")
             if watch is not None:
                 watch.admitted.set()
-            result = await solver.facade.wait(req)
+            try:
+                result = await solver.facade.wait(req)
+            except DeadlineExceeded:
+                if params.strict_deadline:
+                    raise
+                return None  # its deadline came before its first step
         done += 1
         if watch is not None and done < len(found):  # the last event is the final vote's, below
             running.add_result(body.name, aug, inputs[i], result)
@@ -95,12 +106,18 @@ async def solve(
 
     tasks = [asyncio.ensure_future(variant(i)) for i in range(len(found))]
     try:
-        results = await asyncio.gather(*tasks)
-    finally:  # one failed (a 429, the deadline) or the client left: the other variants' rows stop too
+        outcomes = await asyncio.gather(*tasks)
+    finally:  # one failed (a 429, a strict deadline) or the client left: the other variants' rows stop too
         for t in tasks:
             t.cancel()
+    # Anytime, as each variant is: at the deadline the vote counts the variants that ran (None: not started)
+    ran = [i for i, r in enumerate(outcomes) if r is not None]
+    if not ran:
+        raise DeadlineExceeded(f"deadline of {params.timeout_s} s passed before any variant ran")
+    results = [outcomes[i] for i in ran]
+    cut = len(ran) < len(found) or any(r.finish == "deadline" for r in results)
     # The final vote in variant order, as the official evaluation adds rows in dataset order (it breaks exact ties)
-    vote = vote_rows([body.name] * len(found), [aug for _, aug in found], inputs, results)
+    vote = vote_rows([body.name] * len(ran), [found[i][1] for i in ran], inputs[ran], results)
     ranked = vote.ranked(body.name, grid)
     if watch is not None:
         watch.event("vote", vote_json(ranked, len(found)))
@@ -118,11 +135,11 @@ async def solve(
         rollouts=sum(r.rollouts for r in results),
         steps=max(r.steps for r in results),
         row_steps=sum(r.row_steps for r in results),
-        finish="completed",
+        finish="deadline" if cut else "completed",
         strategy=params.strategy,
         diversity=params.diversity,
         attempts=picks,
-        variants=len(found),
+        variants=len(ran),
         model=solver.name,
         task="arc",
         request_id=request_id,

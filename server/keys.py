@@ -18,10 +18,12 @@ An empty key, or one with surrounding whitespace (it could never match: a presen
 startup naming where it came from; dropping it instead could quietly turn keys off.
 
 Quotas are per key: past `max_concurrent`, or with the key's row-step budget spent, a 429 names the limit and its
-Retry-After says when it frees: a token bucket of `row_steps_per_minute` tokens refilled continuously; a request is
-admitted while the bucket is above zero and its row-steps are charged as the engine resolves it (it may overdraw;
-the next one then waits until the bucket refills past zero). On Ray Serve each replica enforces its own counters, so
-a key's limits there hold per replica.
+Retry-After says when it frees: a token bucket of `row_steps_per_minute` tokens refilled continuously. Every engine
+request an HTTP request makes (a /solve, each ARC variant, each /generate grid, ...) is admitted while the bucket is
+above zero and reserves its worst case (Request.max_row_steps) at once; what it did not run comes back when it
+resolves, however it ends (issue 34: charged only at the end, 8 concurrent requests of a key once spent 6.4 times its
+budget). So a key never spends more than its budget plus one request's reservation (and the refill). On Ray Serve
+each replica enforces its own counters, so a key's limits there hold per replica.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from engine.runtime import AsyncEngine, Overloaded, Request, RequestError
+from engine.runtime.request import worst_row_steps
+from engine.search import SearchParams
 from server.errors import ApiError
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -101,22 +108,42 @@ class Quota:
         self.stamp = now
 
     def refusal(self, eta: Callable[[], float]) -> tuple[str, ApiError] | None:
-        """(metric reason, the 429) when the key is past a quota, else None; `eta()`: seconds until the first of the
-        key's requests in progress should finish."""
+        """(metric reason, the 429) when the key has its limit of requests in progress, else None; `eta()`: seconds
+        until the first of them should finish."""
         k = self.key
         if k.max_concurrent is not None and self.running >= k.max_concurrent:
             message = f"key {k.name!r} has {self.running} requests in progress, its limit of {k.max_concurrent}"
             return "concurrency", ApiError(429, "overloaded", message, retry_after=eta())
-        self._refill()
-        if self.rate and self.tokens <= 0:
-            wait = (1 - self.tokens) / self.rate  # until the bucket is back above zero
-            message = f"key {k.name!r} spent its {k.row_steps_per_minute} row-steps per minute; retry in {wait:.0f} s"
-            return "row_steps", ApiError(429, "overloaded", message, retry_after=wait)
         return None
 
-    def charge(self, row_steps: int) -> None:
+    def reserve(self, row_steps: int) -> QuotaSpent | None:
+        """Take `row_steps` from the bucket (it may go below zero by this one reservation), or say why not: the
+        bucket is not above zero."""
         self._refill()
+        if not self.rate:
+            return None
+        if self.tokens <= 0:
+            k, wait = self.key, (1 - self.tokens) / self.rate  # until the bucket is back above zero
+            message = (
+                f"key {k.name!r} spent its {k.row_steps_per_minute} row-steps per minute (each engine request "
+                f"reserves its most, {row_steps} here, and gets back what it does not run); retry in {wait:.0f} s"
+            )
+            return QuotaSpent(message, wait)
         self.tokens -= row_steps
+        return None
+
+    def give_back(self, row_steps: int) -> None:
+        self._refill()
+        self.tokens = min(self.key.row_steps_per_minute or 0, self.tokens + row_steps)
+
+
+class QuotaSpent(Overloaded):
+    """An engine request refused because its key's row-step bucket is spent (HTTP 429). An Overloaded, so a
+    fan-out (/generate's grids) treats it as it treats a full engine: it keeps what was admitted."""
+
+    def __init__(self, message: str, retry_after: float):
+        RequestError.__init__(self, message)
+        self.reason, self.limit, self.retry_after = "quota", 0, retry_after
 
 
 class Keyring:
@@ -150,7 +177,8 @@ class Keyring:
 
     @contextmanager
     def hold(self, key: Key | None) -> Iterator[None]:
-        """One request of `key` in progress: refused (429) past its quotas, counted while it runs."""
+        """One request of `key` in progress: refused (429) past its concurrency limit, counted while it runs (its
+        row-step budget is reserved by each engine request it makes: `submit`)."""
         if key is None:
             yield
             return
@@ -192,18 +220,41 @@ class Keyring:
         ]
         return min(times, default=1.0)
 
+    def submit(
+        self, facade: AsyncEngine, key: Key | None, puzzle: np.ndarray, params: SearchParams, **kwargs
+    ) -> Request:
+        """Admit one engine request under `key`'s tenant (fair share and quotas go by it), its worst case reserved
+        from the key's row-step bucket first: refused (QuotaSpent, a 429) while the bucket is not above zero, given
+        back whole if the engine refuses it, and less what it ran when it resolves (`attach`)."""
+        if key is None:
+            return facade.submit(puzzle, params, tenant="", **kwargs)
+        quota = self.quotas[key.name]
+        reserved = worst_row_steps(params) if quota.rate else 0
+        with self._lock:
+            refused = quota.reserve(reserved)
+        if refused is not None:
+            if self.metrics is not None:
+                self.metrics.key_refusals.labels(key.name, "row_steps").inc()
+            raise refused
+        try:
+            return facade.submit(puzzle, params, tenant=key.name, reserved=reserved, **kwargs)
+        except BaseException:
+            with self._lock:
+                quota.give_back(reserved)
+            raise
+
     def attach(self, models) -> None:
-        """Charge every engine request to its tenant's quota as it resolves (a failed one too: its work ran)."""
+        """Settle every engine request with its tenant's quota as it resolves (a failed one too: its work ran)."""
         self.models = models
         for solver in models.all():
-            solver.engine.on_resolve.append(lambda req, result, error: self.charge(req.tenant, req.row_steps))
+            solver.engine.on_resolve.append(lambda req, _, __: self.settle(req.tenant, req.reserved, req.row_steps))
 
-    def charge(self, tenant: str, row_steps: int) -> None:
-        """Engine thread: a request of this tenant resolved after running `row_steps`."""
+    def settle(self, tenant: str, reserved: int, row_steps: int) -> None:
+        """Engine thread: a request of this tenant that reserved `reserved` resolved after running `row_steps`."""
         quota = self.quotas.get(tenant)
         if quota is None:
             return
         with self._lock:
-            quota.charge(row_steps)
+            quota.give_back(reserved - row_steps)
         if self.metrics is not None:
             self.metrics.key_row_steps.labels(tenant).inc(row_steps)

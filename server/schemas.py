@@ -78,6 +78,11 @@ def build_requests(s: Settings) -> RequestModels:
         order: Literal[ORDERS] | None = Field(None, description="commit: most certain cell by margin or max")  # type: ignore[valid-type]
         mask: bool | None = Field(None, description="commit: the rules' legal-value mask")
         backtrack: Literal[BACKTRACK] | None = Field(None, description="commit: at a dead end")  # type: ignore[valid-type]
+        strict_deadline: bool | None = Field(
+            None,
+            description="at the deadline, fail (504) instead of answering with the best found so far "
+            "(`finish: \"deadline\"`, `verified` as it is)",
+        )
 
     class SolveRequest(Strict):
         puzzle: Puzzle | None = Field(
@@ -210,7 +215,8 @@ class SolveResponse(BaseModel):
     steps: int = Field(description="the most supervision steps any rollout ran")
     row_steps: int = Field(description="supervision steps summed over rollouts (and commit-search nodes)")
     finish: str = Field(
-        description="rollouts: completed | early_exit; commit: verified | filled | budget | exhausted | dead_end"
+        description="rollouts: completed | early_exit; commit: verified | filled | budget | exhausted | dead_end; "
+        "deadline: the best found when the deadline passed"
     )
     strategy: str
     diversity: str

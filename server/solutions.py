@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.generate import grid_params
 from engine.runtime import SearchResult
-from engine.runtime.request import DeadlineExceeded
+from engine.runtime.request import DeadlineExceeded, Overloaded
 from engine.search import SearchParams
 from engine.search.solutions import COUNT_LIMIT, Found, count_solutions, distinct_verified, merge
 
@@ -77,13 +77,15 @@ async def solve_many(solver, puzzle: np.ndarray, params: SearchParams, n: int, m
         tries = [decode.replace(seed=params.seed + first + i) for i in range(size)]
         done = await asyncio.gather(*(search(puzzle, p, first + i) for i, p in enumerate(tries)), return_exceptions=True)
         failed = [r for r in done if isinstance(r, BaseException)]
-        if other := next((e for e in failed if not isinstance(e, DeadlineExceeded)), None):
+        # the deadline, or a full engine or spent quota for some of the round: the search ends with what was found
+        if other := next((e for e in failed if not isinstance(e, (DeadlineExceeded, Overloaded))), None):
             raise other
         results += [r for r in done if not isinstance(r, BaseException)]
         if not results:
             raise failed[0]
         found = merge([found, *(_found(r, task, puzzle, decode) for r in results[first:])])
-        if len(found) >= want or failed:  # enough, or the deadline ends the search with what was found
+        cut = failed or any(r.finish == "deadline" for r in results[first:])  # each round's requests time anew
+        if len(found) >= want or cut:
             break
     lead = results[-1]
     if found:

@@ -178,19 +178,25 @@ def test_commit_search_is_cancelled_or_timed_out_mid_search(engine):
     empty = np.ones(81, np.int64)
     params = SearchParams(rollouts=2, steps=1, strategy="commit", temperature=1.0, max_nodes=400)
     cut = Request(SUDOKU, empty, params.replace(seed=1))
-    late = Request(SUDOKU, empty, params.replace(seed=2, timeout_s=60))
+    late = Request(SUDOKU, empty, params.replace(seed=2, timeout_s=60, strict_deadline=True))
+    anytime = Request(SUDOKU, empty, params.replace(seed=3, timeout_s=60))
     engine.submit(late)  # first: deadline admission needs a measured pace once others wait
     engine.submit(cut)
+    engine.step()
+    engine.submit(anytime)
     for _ in range(3):  # a few nodes in
         engine.step()
-    assert cut.search.nodes >= 1 and late.search.nodes >= 1 and not cut.future.done()
+    assert cut.search.nodes >= 1 and late.search.nodes >= 1 and anytime.search.nodes >= 1 and not cut.future.done()
     engine.cancel(cut)
     late.submitted -= 61  # its deadline passes mid-search
+    anytime.submitted -= 61
     engine.run_until_idle()
     with pytest.raises(Cancelled):
         cut.future.result()
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlineExceeded):  # strict
         late.future.result()
+    best = anytime.future.result()  # else the best row so far
+    assert best.finish == "deadline" and best.nodes >= 1 and best.verified is False
     assert engine.scheduler.queued == (0, 0) and len(engine.scheduler.free_slots) == engine.runner.slots
 
 

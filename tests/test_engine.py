@@ -140,7 +140,8 @@ def test_fair_share_is_across_tenants_first(tiny_model):
 
 def test_deadline_removes_the_rows(tiny_model):
     eng = engine(tiny_model)
-    slow = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=4, steps=1000, timeout_s=0.05)))
+    strict = SearchParams(rollouts=4, steps=1000, timeout_s=0.05, strict_deadline=True)  # else: its best (test_admission)
+    slow = eng.submit(Request(SUDOKU, puzzle(), strict))
     fast = eng.submit(Request(SUDOKU, puzzle(), SearchParams(rollouts=2, steps=2)))
     eng.step()
     time.sleep(0.06)

@@ -350,7 +350,8 @@ def test_overload_is_429_with_retry_after_and_counted_by_reason(ckpt_dir):
 def test_deadline_is_504(ckpt_dir):
     with TestClient(app_for(ckpt_dir, max_steps=10**6)) as c:
         wait_ready(c)
-        r = c.post("/solve", json={"puzzle": PUZZLE, "search": {"rollouts": 1, "steps": 10**6}, "timeout_s": 0.2})
+        search = {"rollouts": 1, "steps": 10**6, "strict_deadline": True}  # else: its best so far (test_admission)
+        r = c.post("/solve", json={"puzzle": PUZZLE, "search": search, "timeout_s": 0.2})
         assert r.status_code == 504 and error_of(r)["type"] == "deadline_exceeded"
         assert not solver(c).engine.busy
         assert metric(c.get("/metrics").text, "trm_requests_total", endpoint="solve", outcome="timeout") == 1

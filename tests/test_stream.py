@@ -174,8 +174,8 @@ def test_refusals_before_admission_keep_their_status_and_json(ckpt_dir):
 def test_an_error_after_the_stream_started_is_an_error_event(ckpt_dir):
     with TestClient(app_for(ckpt_dir, max_steps=10**6)) as c:
         wait_ready(c)
-        body = {"puzzle": PUZZLE, "search": {"rollouts": 1, "steps": 10**6}, "timeout_s": 0.3}
-        events = stream(c, "/solve", body)
+        search = {"rollouts": 1, "steps": 10**6, "strict_deadline": True}  # a strict deadline: the 504 as an event
+        events = stream(c, "/solve", {"puzzle": PUZZLE, "search": search, "timeout_s": 0.3})
         assert names(events)[-len("error done") :] == "error done" and set(names(events).split()) <= {
             "progress",
             "error",
@@ -309,7 +309,7 @@ def test_client_iterators_yield_typed_events_then_the_result(ckpt_dir):
             with pytest.raises(BadRequest, match="row 1, column 1"):
                 list(c.solve_stream("x" + PUZZLE[1:]))
             with pytest.raises(Timeout, match="504 deadline_exceeded"):  # an error event, typed as the status would be
-                list(c.solve_stream(PUZZLE, rollouts=1, steps=10**6, timeout_s=0.3))
+                list(c.solve_stream(PUZZLE, rollouts=1, steps=10**6, timeout_s=0.3, strict_deadline=True))
             gen = list(c.generate_stream(seed=2))
             assert isinstance(gen[-1], GenerateResult) and all(isinstance(e, Progress) for e in gen[:-1])
             assert gen[0].sample == 0 and gen[-1].items

@@ -29,10 +29,12 @@ class AsyncEngine:
         request_id: str | None = None,
         listener: Callable[[Request], None] | None = None,
         tenant: str = "",
+        reserved: int = 0,
     ) -> Request:
-        """Admit a request now (or raise why not); `wait` for its result."""
+        """Admit a request now (or raise why not); `wait` for its result. `reserved`: row-steps the caller's quota set
+        aside for it (Request.reserved)."""
         try:
-            req = Request(self.engine.task, puzzle, params, puzzle_id, tenant, listener=listener)
+            req = Request(self.engine.task, puzzle, params, puzzle_id, tenant, listener=listener, reserved=reserved)
         except ValueError as e:  # e.g. commit search or augment on a task that cannot take them
             raise InvalidRequest(str(e)) from None
         if request_id:

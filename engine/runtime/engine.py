@@ -1,6 +1,6 @@
 """The engine loop: one thread owns the model; every iteration runs one supervision step for the scheduled rows.
 
-    drop     requests past their deadline or cancelled (their rows leave now)
+    drop     requests cancelled (their rows leave now) or past their deadline (they answer with their best so far)
     pick     rows of many requests, fairly shared across tenants and requests (scheduler)
     launch   one step on the runner
     update   rows' answers and q; early exit when a row verifies (or is confident); finished requests are selected
@@ -196,7 +196,7 @@ class Engine:
             if req.cancelled or req.future.cancelled():
                 self._fail(req, Cancelled("cancelled"))
             elif now > req.deadline:
-                self._fail(req, DeadlineExceeded(f"deadline of {req.params.timeout_s} s passed"))
+                self._expire(req)
         plan = sched.pick(in_flight, self.stats.steps % 2 if self.pipeline else None)
         if plan:
             batch, start = self._batch(plan), time.perf_counter()
@@ -365,6 +365,22 @@ class Engine:
         self.scheduler.free_rows(req, np.arange(req.rows))
         req.start_node(req.puzzle)
 
+    def _expire(self, req: Request) -> None:
+        """Its deadline passed. A search is anytime: it answers with the best it has (finish "deadline", verified as
+        it is), unless it asked for a strict deadline or no row of it has run a step yet: then it fails (HTTP 504)."""
+        started = np.flatnonzero(req.steps_done > 0)
+        ran = len(started) or req.past or (req.search is not None and req.search.nodes > 0)
+        if req.params.strict_deadline or not ran:
+            self._fail(req, DeadlineExceeded(f"deadline of {req.params.timeout_s} s passed"))
+        elif req.search is None:
+            self._resolve(req, "deadline")
+        else:  # the best row of the nodes expanded, or of the current node's rows that ran
+            q, answer = req.search.best
+            if len(started) and req.q[started].max() > q:
+                i = started[np.argmax(req.q[started])]
+                q, answer = float(req.q[i]), req.answers[i].copy()
+            self._finish(req, Final(answer, "deadline", q))
+
     def _finish(self, req: Request, final: Final) -> None:
         """Resolve a commit search with its answer (a row's, or a grid filled by commits)."""
         search, answer = req.search, final.answer
@@ -433,6 +449,8 @@ class Engine:
     def _deliver(self, req: Request, result: SearchResult) -> None:
         self.scheduler.remove(req)
         self.stats.requests_finished += 1
+        if req.cost is not None:  # what its settings cost, for admission (costs.py: one cut short counts its worst)
+            req.cost.observe(req.row_steps if result.finish != "deadline" else req.max_row_steps)
         for hook in self.on_resolve:  # before the caller hears of it: its quota and metrics are booked by then
             hook(req, result, None)
         # Check and claim in one atomic call: a client cancel between a `cancelled()` check and the set would
@@ -442,6 +460,8 @@ class Engine:
 
     def _fail(self, req: Request, error: RequestError) -> None:
         self.scheduler.remove(req)
+        if req.cost is not None and isinstance(error, DeadlineExceeded):
+            req.cost.observe(req.max_row_steps)
         for hook in self.on_resolve:
             hook(req, None, error)
         if req.future.set_running_or_notify_cancel():  # atomic, as in _resolve

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.runtime.costs import Cost
 from engine.search import Rows, SearchParams, Selection
 from engine.search.commit import CommitSearch, Final
 from engine.search.rollouts import row_seeds
@@ -63,6 +64,16 @@ class EngineStopped(RequestError):
     kind = "stopped"
 
 
+def worst_row_steps(params: SearchParams) -> int:
+    """The most row-steps a request with these settings can run (what a key's quota reserves for it): K rows x D
+    steps per wave, over the waves it may run; a commit search's nodes of K x D each, within its row-step budget."""
+    per_node = params.rollouts * params.steps
+    if params.strategy != "commit":
+        return per_node * params.wave_limit
+    nodes = per_node * params.max_nodes
+    return nodes if params.max_row_steps is None else min(nodes, params.max_row_steps)
+
+
 @dataclass(frozen=True)
 class Timing:
     queued_s: float  # submission -> first step
@@ -80,7 +91,9 @@ class SearchResult:
     rollouts: int  # rows that ran at least one step
     row_steps: int  # supervision steps run, summed over rows
     steps: int  # the most steps any row ran
-    finish: str  # "completed" or "early_exit"; commit search: "verified", "filled", "budget", "exhausted", ...
+    # "completed" or "early_exit"; commit search: "verified", "filled", "budget", "exhausted", ...; "deadline": the
+    # best it had when its deadline passed
+    finish: str
     timing: Timing
     history: dict[int, Rows] = field(default_factory=dict)  # step count -> rows then (Request.record_steps)
     nodes: int = 0  # commit search: nodes expanded
@@ -102,6 +115,9 @@ class Request:
     future: Future = field(default_factory=Future)
     # Called by the engine thread with this request after each step that ran its rows (engine/runtime/progress.py)
     listener: Callable[[Request], None] | None = None
+    # Row-steps its caller set aside for it at admission (a key's quota, server/keys.py): given back, less what it
+    # ran, when it resolves
+    reserved: int = 0
 
     def __post_init__(self):
         K = self.params.rollouts
@@ -111,6 +127,7 @@ class Request:
         self.started: float | None = None
         self.cancelled = False
         self.row_steps = 0  # over every node
+        self.cost: Cost | None = None  # its search settings' learned cost, set at admission
         self.past: list[Rows] = []  # rollouts: the rows of earlier waves
         self.search = CommitSearch(self.task, self.puzzle, self.params) if self.params.strategy == "commit" else None
         self.final: Final | None = None  # commit search: answered before any row ran (e.g. the mask filled it)
@@ -174,6 +191,10 @@ class Request:
         Later waves are left out: most requests end in their first, and a wave that could not finish before the
         deadline is not started (Engine._next_wave)."""
         return int((self.params.steps - self.steps_done).sum())
+
+    @property
+    def max_row_steps(self) -> int:
+        return worst_row_steps(self.params)
 
     @property
     def deadline(self) -> float:

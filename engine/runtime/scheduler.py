@@ -18,7 +18,10 @@ carry slot go before new ones, and a new row needs a free slot.
 The deadline estimate follows the same order. Under fair sharing a request with W row-steps left finishes once every
 tenant has run min(its work, the share it needs) (processor sharing): within its tenant, w_t = sum over the tenant's
 requests of min(w_i, W); across tenants, sum over tenants of min(W_u, w_t), at the measured pace. It can never be
-faster than its own supervision steps one after another.
+faster than its own supervision steps one after another, and those wait for a carry slot when none is free: rows
+that started keep theirs until they end (issue 34). The work counted is what requests are expected to run, learned
+per search setting (engine/runtime/costs.py), not their worst case: a search that is still running at its deadline
+answers with the best it has (Engine._expire), so admission need not hold a request's every last wave.
 """
 
 from __future__ import annotations
@@ -31,21 +34,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.runtime.costs import QUANTILE, Costs
 from engine.runtime.request import EngineStopped, Overloaded, Request, RequestError, TooLarge
 
 DEADLINE_MARGIN = 1.25  # estimated finish x this must still be before the deadline (the pace is an estimate)
 MAX_RETRY_AFTER = 3600.0  # Retry-After stays truthful for long queues, within reason
 
 
+@dataclass(frozen=True)
+class Expected:
+    """What admission expects a request to run, and why (its 429 message states the rule)."""
+
+    row_steps: int
+    basis: str  # e.g. "p90 of the last 64 finished requests with its settings"
+
+
 class DeadlineUnmet(Overloaded):
     """Admission refused: the work queued ahead plus this request's would not finish before its deadline (HTTP 429)."""
 
-    def __init__(self, need_s: float | None, timeout_s: float, retry_after: float):
-        took = "the pace is not measured yet" if need_s is None else f"it would take about {need_s:.1f} s"
+    def __init__(
+        self,
+        need_s: float | None,
+        timeout_s: float,
+        retry_after: float,
+        expected: Expected | None = None,
+        ahead: int = 0,
+        pace: float = 0.0,
+    ):
+        if need_s is None:
+            why = "one request at a time until the engine's pace is measured"
+        else:
+            why = (
+                f"it is expected to run {expected.row_steps} row-steps ({expected.basis}), sharing the engine with "
+                f"{ahead} expected row-steps of admitted work at the measured {pace:.0f} row-steps/s: about "
+                f"{need_s:.1f} s, and admission wants that x {DEADLINE_MARGIN:g} within the deadline"
+            )
         RequestError.__init__(
             self,
-            f"engine overloaded: the queued work plus this request cannot finish within its {timeout_s:g} s deadline "
-            f"({took}); retry in {retry_after:.0f} s",
+            f"engine overloaded: this request cannot finish within its {timeout_s:g} s deadline ({why}); "
+            f"retry in {retry_after:.0f} s",
         )
         self.reason, self.limit, self.retry_after = "deadline", 0, retry_after
 
@@ -67,9 +94,10 @@ class Load:
 
 class Scheduler:
     def __init__(self, limits: Limits, slots: int):
-        self.limits = limits
+        self.limits, self.slots = limits, slots
         self.active: list[Request] = []  # admitted, in FIFO order (engine thread)
         self.free_slots = deque(range(slots))
+        self.costs = Costs()  # row-steps per finished request, by search setting
         self._inbox: deque[Request] = deque()
         self._lock = threading.Lock()
         self._requests = self._rows = 0  # admitted and not yet resolved
@@ -90,6 +118,7 @@ class Scheduler:
                 raise Overloaded("requests", lim.max_requests, self.retry_after())
             if self._rows + request.rows > lim.max_rows:
                 raise Overloaded("rows", lim.max_rows, self.retry_after())
+            request.cost = self.costs.of(request.params)
             self._check_deadline(request)
             self._requests += 1
             self._rows += request.rows
@@ -102,7 +131,7 @@ class Scheduler:
             self._rows -= request.rows
 
     def _check_deadline(self, request: Request) -> None:
-        """Refuse (DeadlineUnmet) a request that would finish past its deadline behind the admitted work. A request
+        """Refuse (DeadlineUnmet) a request expected to finish past its deadline behind the admitted work. A request
         with nothing ahead of it is always admitted: only its own deadline can stop it then."""
         if self._requests == 0 or request.params.timeout_s is None:
             return
@@ -110,39 +139,86 @@ class Scheduler:
         left = request.deadline - time.monotonic()
         if pace <= 0:  # nothing measured yet: one request at a time until the first step gives a pace
             raise DeadlineUnmet(None, timeout, 1.0)
-        need = self.estimate(request)
+        need, ahead = self._estimate(request)
         if need * DEADLINE_MARGIN <= left:
             return
         # On a retry the deadline starts afresh: wait until the work it shares the machine with has shrunk enough
-        raise DeadlineUnmet(need, timeout, self._seconds(need - timeout / DEADLINE_MARGIN))
+        retry = self._seconds(need - timeout / DEADLINE_MARGIN)
+        raise DeadlineUnmet(need, timeout, retry, self.expected(request), ahead, pace)
 
-    def estimate(self, request: Request, extra: int = 0) -> float:
-        """Seconds until `request` (plus `extra` row-steps of it not counted in its rows yet, e.g. a next wave) would
-        finish under fair sharing with the admitted work, at the measured pace (module docstring)."""
+    def expected(self, request: Request) -> Expected:
+        """Row-steps `request` is expected to run in all, and the rule behind the number (costs.py)."""
+        cost = request.cost
+        if cost is not None and cost.expected is not None:
+            basis = f"p{QUANTILE * 100:.0f} of the last {len(cost.samples)} finished requests with its settings"
+            return Expected(min(cost.expected, request.max_row_steps), basis)
+        what = "node" if request.search is not None else "wave"
+        return Expected(request.row_steps_left, f"a full {what}: nothing learned for its settings yet")
+
+    def expected_left(self, request: Request) -> int:
+        """Row-steps `request` is expected to run from now: its expected total less what it ran; once past that (a
+        slow one), what its current wave or node has left, at most the expected total again. Before anything is
+        learned, its current wave or node at full depth (a best-effort read of the engine thread's arrays)."""
+        cost = request.cost
+        if cost is None or cost.expected is None:
+            return request.row_steps_left
+        total = min(cost.expected, request.max_row_steps)
+        left = total - request.row_steps
+        if left <= 0:
+            left = min(request.row_steps_left, total)
+        return max(0, min(left, request.max_row_steps - request.row_steps))
+
+    def estimate(self, request: Request, own: int | None = None) -> float:
+        """Seconds until `request` would finish under fair sharing with the admitted work, at the measured pace
+        (module docstring); `own`: its row-steps left, when not what it is expected to run (e.g. a next wave)."""
+        return self._estimate(request, own)[0]
+
+    def _estimate(self, request: Request, own: int | None = None) -> tuple[float, int]:
+        """(estimate's seconds, the row-steps the other admitted requests are expected to run)."""
         pace = self.row_steps_per_s
-        own = request.row_steps_left + extra
+        own = self.expected_left(request) if own is None else own
         by_tenant: dict[str, list[int]] = {}
-        rows = request.rows
+        rows, ahead = request.rows, 0
         for r in list(self.active) + list(self._inbox):
             if r is not request:
-                by_tenant.setdefault(r.tenant, []).append(r.row_steps_left)
-                rows += r.rows
+                w = self.expected_left(r)
+                by_tenant.setdefault(r.tenant, []).append(w)
+                rows, ahead = rows + r.rows, ahead + w
         mine = own + sum(min(w, own) for w in by_tenant.pop(request.tenant, []))
         shared = mine + sum(min(sum(works), mine) for works in by_tenant.values())
-        steps = -(-own // request.rows)  # its supervision steps, one after another
+        # its supervision steps, one after another, after waiting for a carry slot
+        steps = self._slot_wait(request) + -(-own // min(request.rows, self.slots))
         step_s = min(rows, self.limits.max_batch) / pace  # at the batch the admitted work fills
-        return max(shared / pace, steps * step_s)
+        return max(shared / pace, steps * step_s), ahead
+
+    def _slot_wait(self, request: Request) -> float:
+        """Engine steps until a carry slot frees for a request holding none, when none is free: rows that started
+        keep their slot until they end or their request does. The first to free is the slot holder with the fewest
+        steps left (its request's expected steps, if fewer); holders share the batch, so their steps come once every
+        holders / max_batch engine steps."""
+        if len(self.free_slots) or (request.slot >= 0).any():
+            return 0.0
+        held, soonest = 0, math.inf
+        for r in list(self.active):
+            holding = r.slot >= 0
+            n = int(holding.sum())
+            if n:
+                held += n
+                ends = int((r.params.steps - r.steps_done[holding]).min())
+                soonest = min(soonest, ends, -(-self.expected_left(r) // r.rows))
+        return 0.0 if not held else soonest * max(1.0, held / self.limits.max_batch)
 
     def work(self) -> int:
-        """Row-steps the admitted requests still have to run (a best-effort read of the engine thread's arrays)."""
-        return sum(r.row_steps_left for r in list(self.active) + list(self._inbox))
+        """Row-steps the admitted requests are expected to run from now (a best-effort read of the engine thread's
+        arrays)."""
+        return sum(self.expected_left(r) for r in list(self.active) + list(self._inbox))
 
     @staticmethod
     def _seconds(s: float) -> float:
         return float(min(MAX_RETRY_AFTER, max(1, math.ceil(s))))
 
     def retry_after(self) -> float:
-        """Seconds until the queued work would be done at the recent pace (1 when it is not measured yet)."""
+        """Seconds until the queued work would be done at the recent pace, as expected (1 when not measured yet)."""
         if self.row_steps_per_s <= 0:
             return 1.0
         return self._seconds(self.work() / self.row_steps_per_s)

@@ -38,6 +38,8 @@ class SearchParams:
     early_exit: str = "off"  # "verified": stop once a row's answer passes the rule verifier; "confident": sigmoid(q)
     confidence: float = 0.95  # the "confident" threshold on sigmoid(q_halt)
     timeout_s: float | None = None  # deadline, counted from submission
+    # at the deadline a search answers with the best it has (finish "deadline"); strict: it fails instead (HTTP 504)
+    strict_deadline: bool = False
     strategy: str = "rollouts"  # or "commit": commit certain cells, branch and backtrack (engine/search/commit.py)
     diversity: str = "noise"  # noise: PTRM; augment: a random task symmetry per row; both; none
     # commit search (one node = K rows for D steps on the puzzle plus the cells committed so far)
