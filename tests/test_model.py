@@ -156,8 +156,21 @@ def test_config_rejects_bad_fields():
         preset("sudoku-tiny", pos_encodings="alibi")
     with pytest.raises(ValueError, match="unknown TRM config field"):
         TRMConfig.from_dict({"seq_len": 81, "vocab_size": 11, "hiden_size": 3})
-    with pytest.raises(ValueError, match="puzzle_emb_len must be 0"):
-        preset("sudoku-tiny", puzzle_emb_ndim=0)
+    with pytest.raises(ValueError, match="puzzle_emb_ndim does not fit"):
+        preset("sudoku-tiny", puzzle_emb_ndim=64 * 3)  # 3 slots' worth in a 2-slot prefix
+
+
+def test_zero_padded_prefix_slots_hold_zeros_and_keep_the_grid():
+    """puzzle_emb_ndim 0 with puzzle_emb_len > 0: prefix slots of zeros, no puzzle vector (GRAM's N-Queens setup);
+    the official code would slice grid cells off the output instead."""
+    torch.manual_seed(0)
+    model = TRM(preset("sudoku-tiny", puzzle_emb_ndim=0, forward_dtype="float32"))
+    assert model.config.prefix_len == 2 and not hasattr(model, "puzzle_emb")
+    x, ids = inputs(model, 2)
+    emb = model.embed(x, ids)
+    assert emb.shape == (2, 83, 64) and not emb[:, :2].any() and emb[:, 2:].abs().sum() > 0
+    logits, _ = model.rollout(x, ids, steps=1)
+    assert logits.shape == (2, 81, 11)
 
 
 @pytest.mark.gpu
