@@ -108,7 +108,7 @@ def standard_normal(
     seeds: torch.Tensor, steps: torch.Tensor, stream: int, n_cols: int, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """fp32 N(0, 1) [B, n_cols] for int64 `seeds` and `steps` [B] (reshape to the wanted shape), into `out`."""
-    _check_rows(seeds, steps)
+    seeds, steps = _rows(seeds, steps)
     if out is None:
         out = torch.empty(seeds.shape[0], n_cols, device=seeds.device, dtype=torch.float32)
     elif out.shape != (seeds.shape[0], n_cols) or out.dtype != torch.float32 or not out.is_contiguous():
@@ -142,7 +142,7 @@ def inject(
             raise ValueError(f"{name} {tuple(t.shape)} {t.dtype} differs from z {tuple(z.shape)} {z.dtype}")
     has_noise = sigma is not None
     if has_noise:
-        _check_rows(seeds, steps)
+        seeds, steps = _rows(seeds, steps)
         if sigma.shape != (z.shape[0],) or seeds.shape != (z.shape[0],):
             raise ValueError(f"sigma, seeds and steps must be [B] = [{z.shape[0]}], got {tuple(sigma.shape)}")
         sigma = sigma.float().contiguous()
@@ -175,11 +175,13 @@ def inject(
     return out
 
 
-def _check_rows(seeds: torch.Tensor, steps: torch.Tensor) -> None:
+def _rows(seeds: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """seeds and steps as the kernels read them: int64 [B], contiguous. A strided column (the runner's packed metadata
+    buffer holds them so) is copied: rejecting it failed every static engine step's launch, and with it the fused
+    kernels for good (issue 36)."""
     if seeds.dtype != torch.int64 or steps.dtype != torch.int64 or seeds.dim() != 1 or seeds.shape != steps.shape:
         raise ValueError(f"seeds and steps must be int64 [B], got {seeds.dtype} {tuple(seeds.shape)}, {steps.dtype}")
-    if not (seeds.is_contiguous() and steps.is_contiguous()):
-        raise ValueError("seeds and steps must be contiguous")
+    return seeds.contiguous(), steps.contiguous()
 
 
 @torch.library.custom_op("trm::standard_normal", mutates_args=(), device_types="cuda")

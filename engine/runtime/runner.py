@@ -194,8 +194,11 @@ class Runner:
         L = self.model.config.seq_len
         m = self.meta[:size]
         slot, sigma = m[:, L + 4], m[:, L + 5 :].view(torch.float32)  # [size, 2]: sigma_z, sigma_y
+        # The noise kernels index seeds, steps and scales as contiguous [size] rows: one copy each a step, not a call.
+        columns = (m[:, L + 1], m[:, L + 2], sigma[:, 0], sigma[:, 1])
+        seeds, steps, sigma_z, sigma_y = (c.contiguous() for c in columns)
         carry = self.model.reset(Carry(self.pool_H[slot], self.pool_L[slot]), m[:, L + 3].bool())
-        out = search_step(self.model, carry, m[:, :L], m[:, L], m[:, L + 1], m[:, L + 2], sigma[:, 0], sigma[:, 1])
+        out = search_step(self.model, carry, m[:, :L], m[:, L], seeds, steps, sigma_z, sigma_y)
         self.pool_H.index_copy_(0, slot, out.carry.z_H)
         self.pool_L.index_copy_(0, slot, out.carry.z_L)
         r = self.results[:size]
