@@ -1,7 +1,8 @@
 """One command that measures everything a GPU run should (issue 15), for a machine lent for minutes: the GPU tests,
 the step benchmark (eager bf16, torch.compile, fused kernels; CUDA graphs off and on; MFU against a measured bf16
 matmul peak), the engine benchmark under CUDA graphs, answers on the GPU at fp32 against the CPU reference, the
-commit-search and /generate paths, the engine's host time per step, and a short paper-size training probe.
+commit-search and /generate paths, the engine's host time per step, a short paper-size training probe, and the
+performance model's predictions (engine/perf_model.py) printed against what the step section measured.
 
 Each section runs in its own process with its own time limit, so one failure or hang costs only itself. Results go
 to OUT (default: $OUT, else ./gpu_check_out): gpu_check.json (every section's parsed result), gpu_check.md (the
@@ -52,6 +53,7 @@ def sections(device: str, quick: bool, work: Path) -> list[tuple[str, list[str],
             ("generate", evaluate("generate", "sudoku-trm-fill", "--generate", "2"), 300),
             ("host", bench("host.py", "--requests", "8", "--rollouts", "4", "--repeats", "1"), 300),
             ("train", me("train"), 300),
+            ("model", me("model"), 300),
         ]  # fmt: skip
     sizes = ["--sizes", "1", "16", "64", "256", "1024"]
     return [
@@ -67,6 +69,7 @@ def sections(device: str, quick: bool, work: Path) -> list[tuple[str, list[str],
         ("generate", evaluate("generate", "sudoku-trm-fill", "--generate", "100", "--batch-size", "256"), 45),
         ("host", bench("host.py"), 30),
         ("train", me("train"), 150),
+        ("model", me("model"), 120),
     ]  # fmt: skip
 
 
@@ -151,7 +154,54 @@ def train_section(args) -> dict:
     }
 
 
-SECTIONS = {"puzzles": puzzles_section, "fp32_vs_cpu": fp32_vs_cpu_section, "train": train_section}
+def step_run(device: str, quick: bool) -> tuple[str, list[int]]:
+    """The preset and row counts the step section times (read from its command: step.py's --quick means rows 1, 2)."""
+    cmd = {name: c for name, c, _ in sections(device, quick, Path("."))}["step"]
+    if "--quick" in cmd:
+        sizes = [1, 2]
+    else:
+        rest = cmd[cmd.index("--sizes") + 1 :]
+        sizes = [int(x) for x in rest[: next((i for i, x in enumerate(rest) if x.startswith("--")), len(rest))]]
+    return cmd[cmd.index("--presets") + 1], sizes
+
+
+def model_section(args) -> dict:
+    """The performance model (engine/perf_model.py, issue 36): its predictions of the step section's timings on this
+    device (the card's published peaks on a GPU; on the CPU this machine's measured ones, one thread), and on the CPU
+    the engine step predicted against measured at batch 1 and 64. The driver joins the step predictions with the step
+    section's measurements."""
+    import torch
+
+    from engine import perf_model
+
+    preset_name, sizes = step_run(args.device, args.quick)
+    if args.device.startswith("cuda"):
+        name = torch.cuda.get_device_name(args.device)
+        device = perf_model.gpu_for(name) or perf_model.GPUS["H100"]
+        note = "" if perf_model.gpu_for(name) else f"{name} is not modelled: H100 SXM numbers"
+        dtype, validation = "bfloat16", None
+        engine = perf_model.gpu_predictions(("sudoku-mlp",), (1, 64, 256, 1024))
+    else:
+        device, dtype, note, engine = perf_model.measure_cpu(1, args.quick), "float32", "", []
+        validation = perf_model.validate_cpu("sudoku-small", (1, 64), threads=1, quick=args.quick, device=device)
+    step = perf_model.step_predictions(device, preset_name, sizes, dtype, fused=args.device.startswith("cuda"))
+    return {
+        "device": device.name,
+        "gpu": args.device.startswith("cuda"),
+        "peak_tflops": device.matmul_flops[dtype] / 1e12,
+        "note": note,
+        "validation": validation,
+        "step": step,
+        "engine": engine,
+    }
+
+
+SECTIONS = {
+    "puzzles": puzzles_section,
+    "fp32_vs_cpu": fp32_vs_cpu_section,
+    "train": train_section,
+    "model": model_section,
+}
 
 
 # -- the driver ---------------------------------------------------------------------------------------------------
@@ -202,13 +252,99 @@ def markdown(report: dict) -> str:
                 f"| {r['path']} | {'on' if r['graphs'] else 'off'} | {r['rows']} | {r['step_ms']:.3f} "
                 f"| {r['step_rows_per_s']:.0f} | {100 * r['mfu']:.1f}% |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + model_lines(report)) + "\n"
+
+
+def compared(report: dict) -> list[dict]:
+    """The step section's timings joined with the model's predictions of them (path, CUDA graphs, rows)."""
+    step = (report["sections"].get("step") or {}).get("result")
+    model = (report["sections"].get("model") or {}).get("result")
+    if not (step and model):
+        return []
+    predicted = {(p["path"], p["graphs"], p["rows"]): p for p in model["step"]}
+    out = []
+    for r in step["results"]:
+        p = predicted.get((r["path"], r["graphs"], r["rows"]))
+        if p is None:  # compile: no prediction (torch.compile fuses what the model counts op by op)
+            continue
+        out.append(
+            {
+                "path": r["path"],
+                "graphs": r["graphs"],
+                "rows": r["rows"],
+                "measured": r["step_rows_per_s"],
+                "predicted": p["row_steps_per_s"],
+                "ratio": r["step_rows_per_s"] / p["row_steps_per_s"],
+                "bound": p["bound"],
+                "measured_mfu": r["tflops"] / model["peak_tflops"],
+                "predicted_mfu": p["mfu"],
+            }
+        )
+    return out
+
+
+def model_lines(report: dict) -> list[str]:
+    """The predicted-vs-measured tables (engine/perf_model.py), for gpu_check.md and the console."""
+    model = (report["sections"].get("model") or {}).get("result")
+    if not model:
+        return []
+    lines = [
+        "",
+        f"Performance model: {model['device']}, {model['peak_tflops']:.3g} TFLOP/s matmul peak "
+        f"(MFU against it) {model['note']}".rstrip(),
+        "",
+    ]
+    rows = compared(report)
+    if rows:
+        clock = "" if model["gpu"] else " (the step benchmark times wall-clock: on a shared CPU it reads low)"
+        lines += [f"Step benchmark, measured against predicted (row-steps/s){clock}:", ""]
+        lines += [
+            "| path | graphs | rows | measured | predicted | measured / predicted | predicted bound "
+            "| MFU measured | MFU predicted |",
+            "|---|---|---:|---:|---:|---:|---|---:|---:|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['path']} | {'on' if r['graphs'] else 'off'} | {r['rows']} | {r['measured']:,.1f} "
+                f"| {r['predicted']:,.1f} | {r['ratio']:.2f} | {r['bound']} | {100 * r['measured_mfu']:.2f}% "
+                f"| {100 * r['predicted_mfu']:.2f}% |"
+            )
+    validation = model.get("validation")
+    if validation:
+        from engine.perf_model import cpu_table
+
+        lines += [
+            "",
+            f"Engine step on this CPU ({validation['threads']} thread, CPU time, the machine as loaded as it "
+            f"is): measured against predicted",
+            "",
+            cpu_table(validation).rstrip(),
+        ]
+    if model.get("engine"):
+        from engine.perf_model import table
+
+        lines += [
+            "",
+            "Engine static step predicted for the cards (CUDA graphs on):",
+            "",
+            table(model["engine"]).rstrip(),
+        ]
+    return lines
 
 
 def headline(name: str, s: dict) -> str:
     r = s["result"]
     if r is None:
         return s["last_line"][:120]
+    if name == "model":
+        v = r.get("validation")
+        if v:
+            return "; ".join(
+                f"{x['rows']} rows: predicted {x['row_steps_per_s']:.0f}, measured "
+                f"{x['measured_row_steps_per_s']:.0f} row-steps/s"
+                for x in v["results"]
+            )
+        return f"{len(r['step'])} step predictions for {r['device']}"
     if name == "step":
         best = max(r["results"], key=lambda x: x["mfu"])
         return f"{len(r['results'])} timings; best MFU {100 * best['mfu']:.1f}% ({best['path']}, {best['rows']} rows)"
@@ -279,6 +415,8 @@ def main() -> None:
             report["sections"][name] = s = run_section(name, cmd, limit, Path(work), log)
             print(f"{name:12s} {s['status']:>10s} {s['seconds']:7.1f} s  {headline(name, s)}", flush=True)
     report["total_s"] = time.perf_counter() - start
+    report["model_vs_measured"] = compared(report)
+    print("\n".join(model_lines(report)).strip("\n") + "\n" if model_lines(report) else "", flush=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     (out / "gpu_check.md").write_text(markdown(report))
     print(f"wrote {out / 'gpu_check.json'}, {out / 'gpu_check.md'}, {out / 'gpu_check.log'}")
