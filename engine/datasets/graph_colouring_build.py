@@ -14,16 +14,14 @@ identifiers.json ["<blank>"]; the seed fixes the graphs and the split.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from engine.datasets import DatasetError
 from engine.datasets.nqueens_build import read_nqueens
-from engine.datasets.official import fresh_directory, metadata, write_split
+from engine.datasets.official import fresh_directory, write_answer_sets
 from engine.tasks.base import PAD
 from engine.tasks.graph_colouring import EDGE, FIRST_COLOUR, NO_EDGE, P, colourings, n_edges
 
@@ -106,18 +104,6 @@ def make_graph_colouring(
     return ColouringData(n, p, draws, split(order[test:]), split(order[:test]))
 
 
-def _arrays(split: ColouringSplit) -> dict[str, np.ndarray]:
-    counts = np.array([len(c) for c in split.colourings], np.int64)
-    seq_len = split.inputs.shape[1]
-    return {
-        "inputs": np.repeat(split.inputs, counts, axis=0),
-        "labels": np.concatenate(split.colourings) if len(counts) else np.zeros((0, seq_len), np.uint8),
-        "puzzle_identifiers": np.zeros(len(counts), np.int32),
-        "puzzle_indices": np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
-        "group_indices": np.arange(len(counts) + 1, dtype=np.int32),
-    }
-
-
 def build_graph_colouring(
     output_dir: str | os.PathLike,
     n: int,
@@ -129,21 +115,8 @@ def build_graph_colouring(
     """Write the dataset to `output_dir` (atomically: a failed build leaves nothing)."""
     data = make_graph_colouring(n, seed, train, test, p)
     with fresh_directory(output_dir) as tmp:
-        for name, split in (("train", data.train), ("test", data.test)):
-            arrays = _arrays(split)
-            puzzles = len(split.inputs)
-            meta = metadata(
-                vocab_size=6,
-                seq_len=n_edges(n) + n,
-                num_puzzle_identifiers=1,
-                total_groups=puzzles,
-                mean_puzzle_examples=len(arrays["inputs"]) / puzzles if puzzles else 0,
-                total_puzzles=puzzles,
-                sets=["all"],
-            )
-            write_split(tmp, name, meta, {"all": arrays})
-        with open(Path(tmp) / "identifiers.json", "w") as f:
-            json.dump(["<blank>"], f)
+        splits = {"train": data.train, "test": data.test}
+        write_answer_sets(tmp, 6, n_edges(n) + n, {name: (s.inputs, s.colourings) for name, s in splits.items()})
     return data
 
 

@@ -14,16 +14,14 @@ Choices the paper leaves open (README, "Many solutions"): one group per puzzle, 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 
 from engine.datasets import DatasetError
-from engine.datasets.official import fresh_directory, metadata, read_split, write_split
+from engine.datasets.official import fresh_directory, read_split, write_answer_sets
 from engine.tasks.nqueens import EMPTY, QUEEN, completions
 
 REMOVED = {8: (5, 6, 7), 10: (7, 8, 9)}  # queens removed per puzzle (paper §4.2)
@@ -76,35 +74,12 @@ def make_nqueens(n: int, seed: int = 0, removed: tuple[int, ...] | None = None) 
     return NQueensData(n, solutions, split(inputs[order[n_test:]]), split(inputs[order[:n_test]]))
 
 
-def _arrays(split: NQueensSplit) -> dict[str, np.ndarray]:
-    counts = np.array([len(c) for c in split.completions], np.int64)
-    return {
-        "inputs": np.repeat(split.inputs, counts, axis=0),
-        "labels": np.concatenate(split.completions),
-        "puzzle_identifiers": np.zeros(len(counts), np.int32),
-        "puzzle_indices": np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
-        "group_indices": np.arange(len(counts) + 1, dtype=np.int32),
-    }
-
-
 def build_nqueens(output_dir: str | os.PathLike, n: int, seed: int = 0) -> NQueensData:
     """Write the dataset to `output_dir` (atomically: a failed build leaves nothing)."""
     data = make_nqueens(n, seed)
     with fresh_directory(output_dir) as tmp:
-        for name, split in (("train", data.train), ("test", data.test)):
-            arrays = _arrays(split)
-            meta = metadata(
-                vocab_size=3,
-                seq_len=n * n,
-                num_puzzle_identifiers=1,
-                total_groups=len(split.inputs),
-                mean_puzzle_examples=len(arrays["inputs"]) / len(split.inputs),
-                total_puzzles=len(split.inputs),
-                sets=["all"],
-            )
-            write_split(tmp, name, meta, {"all": arrays})
-        with open(Path(tmp) / "identifiers.json", "w") as f:
-            json.dump(["<blank>"], f)
+        splits = {"train": data.train, "test": data.test}
+        write_answer_sets(tmp, 3, n * n, {name: (s.inputs, s.completions) for name, s in splits.items()})
     return data
 
 

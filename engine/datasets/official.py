@@ -93,6 +93,33 @@ def write_split(root: Path, split: str, meta: dict, sets: dict[str, dict[str, np
             np.save(folder / f"{name}__{field}.npy", arrays[field])
 
 
+def write_answer_sets(root: Path, vocab_size: int, seq_len: int, splits: dict[str, tuple]) -> None:
+    """A dataset of puzzles with many answers (N-Queens, graph colouring): split name -> (inputs [puzzles, seq_len],
+    each puzzle's answers [count, seq_len]). Each input is one puzzle and one group whose examples are all its answers,
+    puzzle identifier 0 (identifiers.json holds only the blank)."""
+    for name, (inputs, answers) in splits.items():
+        counts = np.array([len(a) for a in answers], np.int64)
+        arrays = {
+            "inputs": np.repeat(inputs, counts, axis=0),
+            "labels": np.concatenate(answers) if len(counts) else np.zeros((0, seq_len), np.uint8),
+            "puzzle_identifiers": np.zeros(len(counts), np.int32),
+            "puzzle_indices": np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
+            "group_indices": np.arange(len(counts) + 1, dtype=np.int32),
+        }
+        meta = metadata(
+            vocab_size=vocab_size,
+            seq_len=seq_len,
+            num_puzzle_identifiers=1,
+            total_groups=len(counts),
+            mean_puzzle_examples=len(arrays["inputs"]) / len(counts) if len(counts) else 0,
+            total_puzzles=len(counts),
+            sets=["all"],
+        )
+        write_split(root, name, meta, {"all": arrays})
+    with open(Path(root) / "identifiers.json", "w") as f:
+        json.dump(["<blank>"], f)
+
+
 @contextmanager
 def fresh_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty directory beside `path`, renamed to `path` once the block succeeds and removed if it fails,
