@@ -1,7 +1,7 @@
 """Checkpoints: a directory of `model.safetensors` (tensors only, never pickle) + `config.json` (+ `CARD.md`).
 
 Also converts checkpoints written by the official TRM trainer (`torch.save`d state dicts of the compiled,
-loss-wrapped model, TRM.md §2) and by the official HRM trainer (the same layout plus an `H_level` stack, e.g. the
+loss-wrapped model) and by the official HRM trainer (the same layout plus an `H_level` stack, e.g. the
 `checkpoint` file of sapientinc/HRM-checkpoint-*) with `engine-convert`. Only the converter ever calls `torch.load`,
 and always with `weights_only=True`; the service loads safetensors only.
 """

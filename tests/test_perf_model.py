@@ -12,7 +12,7 @@ from engine.models.layers import swiglu_inter_size
 
 
 def closed_form_flops(c, rows: int) -> int:
-    """A supervision step's matmul FLOPs for `rows` rows, from the architecture (TRM.md §1.3)."""
+    """A supervision step's matmul FLOPs for `rows` rows, in closed form from the layer shapes."""
     T, D, V = c.total_len, c.hidden_size, c.vocab_size
     inter = swiglu_inter_size(D, c.expansion)
     channel = 2 * T * (D * 2 * inter + inter * D)
